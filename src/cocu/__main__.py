@@ -1,0 +1,5 @@
+import sys
+
+from cocu.cli import main
+
+sys.exit(main())

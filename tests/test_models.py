@@ -1,0 +1,92 @@
+"""Model configs as data, the from-scratch fixes, and the built-in tokenizers."""
+
+import torch
+
+from cocu.models.factory import build_clip, build_groupvit, get_model_spec, groupvit_config, model_config_names
+from cocu.text.prompts import imagenet_templates
+from cocu.text.tokenizer import byte_level_tokenizer, special_token_ids, train_bpe_tokenizer
+
+
+def test_named_configs_are_shipped():
+    assert {"groupvit-s", "groupvit-tiny", "clip-tiny"} <= set(model_config_names())
+
+
+def test_groupvit_s_matches_the_paper():
+    tok = byte_level_tokenizer()
+    cfg = groupvit_config(get_model_spec("groupvit-s"), tok)
+    v, t = cfg.vision_config, cfg.text_config
+    assert (v.image_size, v.patch_size, v.hidden_size) == (224, 16, 384)
+    assert v.depths == [6, 3, 3] and v.num_hidden_layers == 12
+    assert v.num_group_tokens == [64, 8, 0] and v.num_output_groups == [64, 8, 8]
+    assert (t.hidden_size, t.num_hidden_layers, t.max_position_embeddings) == (256, 12, 77)
+    assert cfg.projection_dim == 256
+
+
+def test_text_config_takes_the_tokenizer_ids():
+    tok = byte_level_tokenizer(32)
+    cfg = groupvit_config(get_model_spec("groupvit-tiny"), tok)
+    ids = special_token_ids(tok)
+    assert cfg.text_config.eos_token_id == ids["eos_token_id"] == tok.eos_token_id
+    assert cfg.text_config.vocab_size == len(tok)
+
+
+def test_group_tokens_and_positions_are_not_left_at_zero():
+    model = build_groupvit("groupvit-tiny", byte_level_tokenizer(32), seed=0)
+    vision = model.vision_model
+    assert vision.embeddings.position_embeddings.abs().sum() > 0
+    tokens = vision.encoder.stages[0].group_token
+    assert tokens.std() > 0.005
+    assert not torch.allclose(tokens[0, 0], tokens[0, 1])
+
+
+def test_same_seed_builds_identical_weights_and_keeps_global_rng():
+    tok = byte_level_tokenizer(32)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_clip("clip-tiny", tok, seed=7)
+    after = torch.rand(1)
+    b = build_clip("clip-tiny", tok, seed=7)
+    assert torch.equal(before, after)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+def test_groupvit_tiny_forward_gives_loss_and_segmentation():
+    tok = byte_level_tokenizer(32)
+    model = build_groupvit("groupvit-tiny", tok, seed=0).eval()
+    enc = tok(["a car on a road", "a dog"], padding=True, return_tensors="pt")
+    out = model(
+        input_ids=enc.input_ids,
+        attention_mask=enc.attention_mask,
+        pixel_values=torch.randn(2, 3, 64, 64),
+        return_loss=True,
+        output_segmentation=True,
+    )
+    assert torch.isfinite(out.loss)
+    assert out.segmentation_logits.shape == (2, 2, 64, 64)
+
+
+def test_byte_tokenizer_wraps_in_bos_eos_and_lowercases():
+    tok = byte_level_tokenizer(16)
+    ids = tok("A Car").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert ids == tok("a car").input_ids
+    long = tok("x" * 100, truncation=True).input_ids
+    assert len(long) == 16 and long[-1] == tok.eos_token_id
+
+
+def test_trained_bpe_merges_frequent_words(tmp_path):
+    tok = train_bpe_tokenizer(["a red car on the road", "a dog on the grass"] * 20, vocab_size=300)
+    assert len(tok("a red car").input_ids) < len(byte_level_tokenizer()("a red car").input_ids)
+    tok.save_pretrained(tmp_path)
+    from cocu.text.tokenizer import load_tokenizer
+
+    again = load_tokenizer(str(tmp_path))
+    assert again("a red car").input_ids == tok("a red car").input_ids
+
+
+def test_eighty_distinct_templates():
+    templates = imagenet_templates()
+    assert len(templates) == 80 == len(set(templates))
+    assert all(t.count("{}") == 1 for t in templates)
