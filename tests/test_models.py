@@ -90,3 +90,29 @@ def test_eighty_distinct_templates():
     templates = imagenet_templates()
     assert len(templates) == 80 == len(set(templates))
     assert all(t.count("{}") == 1 for t in templates)
+
+
+def test_saved_bundle_loads_with_same_weights_tokenizer_and_preprocessing(tmp_path):
+    from transformers import GroupViTModel
+
+    from cocu.models.bundle import load_bundle, save_bundle
+
+    tok = byte_level_tokenizer(32)
+    model = build_groupvit("groupvit-tiny", tok, seed=3).eval()
+    out = save_bundle(model, tok, tmp_path / "model", image_size=64)
+    bundle = load_bundle(out)
+    assert bundle.family == "groupvit" and bundle.preprocess.size == 64
+    assert bundle.tokenizer("a dog").input_ids == tok("a dog").input_ids
+    plain = GroupViTModel.from_pretrained(out)
+    for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not list(tmp_path.glob(".model.*")), "no temporary folder is left behind"
+
+
+def test_loading_a_missing_folder_names_it(tmp_path):
+    import pytest
+
+    from cocu.models.bundle import load_bundle
+
+    with pytest.raises(FileNotFoundError, match="not-there"):
+        load_bundle(tmp_path / "not-there")

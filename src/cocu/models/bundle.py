@@ -1,0 +1,114 @@
+"""A saved model folder: transformers weights (safetensors), its tokenizer and its image preprocessing.
+
+Our trainer writes these folders and every stage that needs a model reads them, so a checkpoint
+trained here, a published one (``nvidia/groupvit-gcc-yfcc``, ``openai/clip-vit-base-patch16``) and a
+folder made by transformers' own ``save_pretrained`` all load the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, CLIPModel, GroupViTModel, PreTrainedTokenizerBase
+
+from cocu.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+from cocu.text.tokenizer import load_tokenizer
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+FAMILIES = {"groupvit": GroupViTModel, "clip": CLIPModel}
+
+
+@dataclass
+class ModelBundle:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    preprocess: Preprocess
+    family: str
+
+
+def _preprocess_from(path: str, image_size: int) -> Preprocess:
+    """Read CLIPImageProcessor-style settings (shortest-edge resize, centre crop, mean/std) if present."""
+    local = Path(path) / PREPROCESSOR_FILE
+    if local.is_file():
+        raw = json.loads(local.read_text("utf-8"))
+    elif Path(path).is_dir():
+        raw = {}
+    else:
+        from transformers import AutoImageProcessor
+
+        raw = AutoImageProcessor.from_pretrained(path).to_dict()
+    crop = raw.get("crop_size", image_size)
+    size = crop.get("height", image_size) if isinstance(crop, dict) else int(crop)
+    return Preprocess(
+        size=int(size),
+        mean=tuple(raw.get("image_mean", CLIP_MEAN)),
+        std=tuple(raw.get("image_std", CLIP_STD)),
+        crop=bool(raw.get("do_center_crop", True)),
+    )
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a GroupViT or CLIP folder (or hub name) with its tokenizer and preprocessing, in eval mode."""
+    path = str(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"{path}: not a model folder or a cached hub name ({err}); expected config.json, weights and tokenizer "
+            "files as written by `cocu train` or transformers' save_pretrained"
+        ) from err
+    family = config.model_type
+    if family not in FAMILIES:
+        raise ValueError(f"{path}: model type {family!r} is neither groupvit nor clip")
+    model = FAMILIES[family].from_pretrained(path).to(device).eval()
+    tokenizer = load_tokenizer(path)
+    image_size = int(config.vision_config.image_size)
+    return ModelBundle(model=model, tokenizer=tokenizer, preprocess=_preprocess_from(path, image_size), family=family)
+
+
+def save_bundle(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    image_size: int,
+    mean: tuple[float, float, float] = CLIP_MEAN,
+    std: tuple[float, float, float] = CLIP_STD,
+) -> Path:
+    """Write model (safetensors), tokenizer and preprocessing into a temporary folder, then swap it in."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        processor = {
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": True,
+            "size": {"shortest_edge": image_size},
+            "do_center_crop": True,
+            "crop_size": {"height": image_size, "width": image_size},
+            "do_normalize": True,
+            "image_mean": list(mean),
+            "image_std": list(std),
+            "do_convert_rgb": True,
+        }
+        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n", "utf-8")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
