@@ -1,0 +1,78 @@
+"""Text-to-vision-guided ranking (paper section 3.3, eq. 6-8), batched over the pairs of a chunk.
+
+For concept ``c`` with prompt embedding ``t``, anchor image ``x`` and the N' neighbour images ``x_i`` whose
+captions contain ``c`` (exact membership):
+
+- ``s_a = cos(t, x)`` (eq. 6);
+- ``s_b = (1 + N') cos(t, x) / (cos(t, x) + sum_i cos(t, x_i))`` (eq. 7), and ``s_b = 1`` when N' = 0;
+- ``t2v-paper``: ``s = s_a + s_b`` (eq. 8 as printed);
+- ``t2v``: ``s = s_a / m + s_b`` with ``m`` the largest cosine seen for the anchor over all its archive
+  concepts and their reference images (the normalisation of the authors' code);
+- ``naive``: ``s = s_a``.
+
+Eq. 7 is a ratio of cosines and only meaningful for positive ones (as CLIP's image-text cosines are): inside
+eq. 7 every cosine is floored at ``EPS``, which keeps ``s_b`` within [0, 1 + N'] with no sign flip or
+division by zero: an anchor unrelated to the concept (cosine <= 0) whose reference images are related gets
+``s_b`` near 0, and a concept unrelated to all of them gets the neutral ``s_b = 1``. ``m`` is floored at
+``EPS`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cocu.curation.expand import CaptionConcepts, ExpandedChunk
+
+RANKINGS: tuple[str, ...] = ("t2v", "t2v-paper", "naive")
+EPS = 1e-6
+
+
+def rowwise_cos(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray, block: int = 65536) -> np.ndarray:
+    """``out[j] = a[a_rows[j]] . b[b_rows[j]]`` (float32 [t]), gathered in blocks to bound memory."""
+    out = np.empty(a_rows.shape[0], dtype=np.float32)
+    for start in range(0, a_rows.shape[0], block):
+        stop = start + block
+        out[start:stop] = np.einsum("ij,ij->i", a[a_rows[start:stop]], b[b_rows[start:stop]])
+    return out
+
+
+def caption_concept_cos(image_emb: np.ndarray, concept_emb: np.ndarray, captions: CaptionConcepts) -> np.ndarray:
+    """cos(t_c, x_j) for every caption concept c of every sample j, aligned with ``captions.indices``.
+
+    ``image_emb``: [n, d] L2-normalised; ``concept_emb``: [V, d] L2-normalised. Returns float32 [nnz]. A
+    neighbour's cosines to its own caption concepts do not depend on the anchor, so they are computed once.
+    """
+    rows = np.repeat(np.arange(len(captions), dtype=np.int64), captions.lengths)
+    return rowwise_cos(image_emb, rows, concept_emb, captions.indices.astype(np.int64))
+
+
+def score_chunk(
+    chunk: ExpandedChunk,
+    anchor_emb: np.ndarray,
+    concept_emb: np.ndarray,
+    caption_cos: np.ndarray,
+    method: str,
+) -> np.ndarray:
+    """Relevancy score of every (anchor, concept) pair of ``chunk``: float32 [p].
+
+    ``anchor_emb``: [b, d] image embeddings of the chunk's anchors (row = local anchor id);
+    ``caption_cos``: [nnz] from :func:`caption_concept_cos` (indexed by the reference triples' positions).
+    """
+    if method not in RANKINGS:
+        raise ValueError(f"unknown ranking {method!r}; choose one of {', '.join(RANKINGS)}")
+    p = chunk.pair_anchor.shape[0]
+    s_a = rowwise_cos(anchor_emb, chunk.pair_anchor, concept_emb, chunk.pair_concept)  # [p]
+    if method == "naive":
+        return s_a
+    ref_cos = caption_cos[chunk.ref_position]  # [r]
+    n_ref = np.bincount(chunk.ref_pair, minlength=p)  # [p]
+    ref_sum = np.bincount(chunk.ref_pair, weights=np.maximum(ref_cos, EPS), minlength=p)  # [p] float64
+    own = np.maximum(s_a.astype(np.float64), EPS)
+    s_b = np.where(n_ref == 0, 1.0, (1.0 + n_ref) * own / (own + ref_sum))
+    if method == "t2v-paper":
+        return (s_a + s_b).astype(np.float32)
+    largest = np.full(chunk.num_anchors, -np.inf)
+    np.maximum.at(largest, chunk.pair_anchor, s_a)
+    np.maximum.at(largest, chunk.pair_anchor[chunk.ref_pair], ref_cos)
+    m = np.maximum(largest, EPS)[chunk.pair_anchor]  # [p]
+    return (s_a / m + s_b).astype(np.float32)
