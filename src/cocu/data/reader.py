@@ -1,0 +1,407 @@
+"""Streaming reader for image-caption data: webdataset tar shards, or a folder of images plus a captions file.
+
+Sources (see :func:`resolve_sources`):
+
+- **Tar shards** (webdataset layout, as written by img2dataset, GroupViT's scripts or :mod:`cocu.data.writer`):
+  a brace pattern ``dir/c3-{00000..00003}.tar`` (also ``{a,b}`` alternatives), one ``.tar`` path, a
+  directory (its ``*.tar`` files in name order; other files such as img2dataset's per-shard ``.parquet``
+  and ``_stats.json`` are ignored), or a list of any of these. Members are grouped into samples by key
+  exactly like webdataset: ``dir/000123.jpg`` has key ``dir/000123`` and extension ``jpg`` (everything
+  after the first dot of the base name, lower-cased). Used members: image ``jpg``/``jpeg``/``png``
+  (first present in that order), caption ``txt``/``text`` (in that order), optional ``json`` metadata.
+  Uncompressed tars only; read in stream mode, one member at a time.
+- **Folder + captions file**: the spec is the path of the captions file, one of ``.csv`` (RFC 4180
+  quoting, header row), ``.tsv`` (header row, fields split on tabs, no quoting), ``.jsonl`` (one JSON
+  object a line) or ``.parquet``. Required columns/keys ``image`` and ``caption``; optional ``key``.
+  ``image`` is a path relative to the captions file's folder (absolute paths are used as they are). The
+  sample key is ``key`` when given, else the ``image`` path without its suffix. Any other columns
+  become ``Sample.meta`` (``None`` when there are none).
+
+Every sample or member that cannot be used is skipped and counted in a :class:`SkipCounter` with a reason
+from :mod:`cocu.data.skips` (one warning line each); a damaged tar or captions file costs the rest of that
+file (counted as ``corrupt_shard``) and reading goes on with the next source. Keys are unique over one
+:func:`iter_samples` call: a repeated key is skipped as ``duplicate_key`` (the first occurrence wins).
+
+With ``decode_images=False`` the image bytes are not decoded (``Sample.image`` is ``None``), which is
+fast for metadata-only passes, but then truncated or undecodable images are **not** detected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from cocu.data import skips as reasons
+from cocu.data.skips import SkipCounter
+from cocu.data.transforms import exif_to_rgb
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png")
+CAPTION_EXTS: tuple[str, ...] = ("txt", "text")
+META_EXT = "json"
+TAR_SUFFIX = ".tar"
+CAPTIONS_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".parquet")
+_USED_EXTS = frozenset(IMAGE_EXTS + CAPTION_EXTS + (META_EXT,))
+_RESERVED_COLUMNS = frozenset({"image", "caption", "key"})
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
+_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+@dataclass
+class Sample:
+    """One image-caption pair. ``image`` is RGB and upright (EXIF applied), or ``None`` if not decoded."""
+
+    key: str
+    image: Image.Image | None
+    image_bytes: bytes
+    caption: str
+    meta: dict | None
+    source: str
+    index: int
+
+
+@dataclass
+class _Raw:
+    """A sample as found in its source, before validation."""
+
+    key: str
+    source: str
+    image: bytes | None
+    caption: bytes | str | None
+    meta: bytes | dict | None
+    where: str = ""
+    image_problem: str = ""
+    extra: list[str] = field(default_factory=list)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{a..b}`` integer ranges (zero-padded when an end has a leading zero) and ``{x,y}`` lists.
+
+    Several groups multiply out left to right; nested braces are not supported. A group that is neither a
+    range nor a list is kept literally.
+    """
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
+    rng = _RANGE.fullmatch(body)
+    if rng is not None:
+        lo_text, hi_text = rng.groups()
+        lo, hi = int(lo_text), int(hi_text)
+        padded = any(len(t.lstrip("-")) > 1 and t.lstrip("-").startswith("0") for t in (lo_text, hi_text))
+        width = max(len(lo_text), len(hi_text)) if padded else 0
+        step = 1 if hi >= lo else -1
+        items = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    elif "," in body:
+        items = body.split(",")
+    else:
+        items = ["{" + body + "}"]
+    tails = expand_braces(tail)
+    return [head + item + rest for item in items for rest in tails]
+
+
+def _resolve_one(spec: str) -> list[str]:
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        tars = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(TAR_SUFFIX))
+        if not tars:
+            raise ValueError(f"directory {path} holds no {TAR_SUFFIX} files")
+        return [str(p) for p in tars]
+    if not path.exists():
+        raise FileNotFoundError(f"data source not found: {path}")
+    if path.name.endswith(TAR_SUFFIX) or path.suffix.lower() in CAPTIONS_SUFFIXES:
+        return [str(path)]
+    raise ValueError(
+        f"unsupported data source {path}: expected a {TAR_SUFFIX} shard, a directory of shards or a "
+        f"captions file ({', '.join(CAPTIONS_SUFFIXES)})"
+    )
+
+
+def resolve_sources(spec: str | Path | Sequence[str | Path]) -> list[str]:
+    """Turn a source spec into the ordered list of files to read (tar shards and/or captions files).
+
+    ``spec`` is a brace pattern, a single tar, a directory of tars (name order, non-tar files ignored), a
+    captions file (``.csv``/``.tsv``/``.jsonl``/``.parquet``), or a list/tuple of these. Every listed
+    file must exist (``FileNotFoundError`` names the first missing one).
+    """
+    if isinstance(spec, (str, Path)):
+        text = str(spec)
+        patterns = [text] if Path(text).exists() else expand_braces(text)
+        return [found for pattern in patterns for found in _resolve_one(pattern)]
+    if isinstance(spec, Sequence):
+        return [found for item in spec for found in resolve_sources(item)]
+    raise TypeError(f"data source spec must be a path, a pattern or a list of them, got {type(spec).__name__}")
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """webdataset's split of a member name into ``(key, lower-cased extension)``; ``None`` without a dot."""
+    match = _WDS_NAME.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).lower()
+
+
+def _pick(members: dict[str, bytes], exts: tuple[str, ...], raw: _Raw) -> bytes | None:
+    present = [ext for ext in exts if ext in members]
+    for ext in present[1:]:
+        raw.extra.append(f"{raw.key}.{ext}: another member of the same kind, kept .{present[0]}")
+    return members[present[0]] if present else None
+
+
+def _raw_from_members(key: str, members: dict[str, bytes], source: str) -> _Raw:
+    raw = _Raw(key=key, source=source, image=None, caption=None, meta=members.get(META_EXT))
+    raw.image = _pick(members, IMAGE_EXTS, raw)
+    raw.caption = _pick(members, CAPTION_EXTS, raw)
+    if raw.image is None:
+        raw.image_problem = "no jpg/jpeg/png member"
+    return raw
+
+
+def _iter_tar(path: str, skips: SkipCounter) -> Iterator[_Raw]:
+    """Group the members of one tar into raw samples; a damaged tar ends with a ``corrupt_shard`` skip."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            with tarfile.open(fileobj=handle, mode="r|") as archive:
+                for info in archive:
+                    if info.isdir():
+                        continue
+                    if not info.isfile():
+                        skips.add(reasons.UNEXPECTED_MEMBER, info.name, path, "not a regular file")
+                        continue
+                    parts = split_member_name(info.name)
+                    if parts is None or parts[1] not in _USED_EXTS:
+                        skips.add(reasons.UNEXPECTED_MEMBER, info.name, path, "unexpected extension")
+                        continue
+                    member_key, ext = parts
+                    extracted = archive.extractfile(info)
+                    data = extracted.read() if extracted is not None else b""
+                    if key is not None and (member_key != key or ext in members):
+                        yield _raw_from_members(key, members, path)
+                        members = {}
+                    key = member_key
+                    members[ext] = data
+                if archive.offset >= size:
+                    raise tarfile.ReadError("archive ends without an end-of-archive marker (truncated)")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        lost = f"; sample {key!r} being read is lost" if members else ""
+        skips.add(reasons.CORRUPT_SHARD, key or "", path, f"{type(exc).__name__}: {exc}{lost}")
+        return
+    if members and key is not None:
+        yield _raw_from_members(key, members, path)
+
+
+def _captions_rows(path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """Yield ``(where, row, problem)`` for each data row; ``row`` is ``None`` when it cannot be parsed."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        parquet = pq.ParquetFile(path)
+        _require_columns(path, parquet.schema_arrow.names)
+        row_number = 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                row_number += 1
+                yield f"row {row_number}", row, ""
+        return
+    if suffix == ".jsonl":
+        with open(path, "rb") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                text = line.decode("utf-8", errors="surrogateescape").strip()
+                if not text:
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    yield f"line {line_number}", None, f"invalid JSON: {exc}"
+                    continue
+                if not isinstance(row, dict):
+                    yield f"line {line_number}", None, "line is not a JSON object"
+                    continue
+                yield f"line {line_number}", row, ""
+        return
+    tsv = suffix == ".tsv"
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        if tsv:
+            reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.DictReader(handle)
+        _require_columns(path, reader.fieldnames or [])
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield f"line {reader.line_num}", None, f"CSV error: {exc}"
+                continue
+            if None in row or any(value is None for value in row.values()):
+                yield f"line {reader.line_num}", None, "wrong number of fields"
+                continue
+            yield f"line {reader.line_num}", dict(row), ""
+
+
+def _require_columns(path: str, names: Sequence[str]) -> None:
+    missing = [name for name in ("image", "caption") if name not in names]
+    if missing:
+        raise ValueError(f"captions file {path} lacks column(s) {missing}; found {list(names)}")
+
+
+def _iter_captions(path: str, skips: SkipCounter) -> Iterator[_Raw]:
+    """Raw samples from a captions file, reading each image file from disk."""
+    folder = Path(path).parent
+    try:
+        for where, row, problem in _captions_rows(path):
+            image_ref = row.get("image") if row is not None else None
+            if row is None or not isinstance(image_ref, str) or not image_ref.strip():
+                skips.add(reasons.BAD_ROW, "", path, f"{where}: {problem or 'no image path'}")
+                continue
+            caption = row.get("caption")
+            if caption is not None and not isinstance(caption, (str, bytes)):
+                skips.add(reasons.BAD_ROW, "", path, f"{where}: caption is a {type(caption).__name__}, not text")
+                continue
+            given_key = row.get("key")
+            key = str(given_key) if given_key not in (None, "") else str(PurePosixPath(image_ref).with_suffix(""))
+            meta = {name: value for name, value in row.items() if name not in _RESERVED_COLUMNS}
+            raw = _Raw(key=key, source=path, image=None, caption=caption, meta=meta or None)
+            raw.where = where
+            image_path = Path(image_ref) if os.path.isabs(image_ref) else folder / image_ref
+            try:
+                raw.image = image_path.read_bytes()
+            except OSError as exc:
+                raw.image_problem = f"cannot read {image_path}: {exc.strerror or exc}"
+            yield raw
+    except (OSError, pa.ArrowException) as exc:
+        skips.add(reasons.CORRUPT_SHARD, "", path, f"{type(exc).__name__}: {exc}")
+
+
+def _caption_text(value: bytes | str) -> str | None:
+    """Decoded caption, or ``None`` if it is not valid UTF-8."""
+    try:
+        if isinstance(value, bytes):
+            return value.decode("utf-8")
+        value.encode("utf-8")
+        return value
+    except UnicodeError:
+        return None
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return exif_to_rgb(img)
+
+
+def _parse_meta(raw: _Raw, skips: SkipCounter) -> dict | None:
+    if raw.meta is None or isinstance(raw.meta, dict):
+        return raw.meta
+    try:
+        meta = json.loads(raw.meta.decode("utf-8"))
+    except (UnicodeError, json.JSONDecodeError) as exc:
+        skips.add(reasons.BAD_JSON, raw.key, raw.source, str(exc))
+        return None
+    if not isinstance(meta, dict):
+        skips.add(reasons.BAD_JSON, raw.key, raw.source, f"json member is a {type(meta).__name__}, not an object")
+        return None
+    return meta
+
+
+class _Validator:
+    """Turns raw samples into :class:`Sample` objects or counted skips; holds the keys seen so far."""
+
+    def __init__(self, decode_images: bool, skips: SkipCounter) -> None:
+        self.decode_images = decode_images
+        self.skips = skips
+        self.seen: set[str] = set()
+        self.count = 0
+
+    def _skip(self, raw: _Raw, reason: str, detail: str = "") -> None:
+        self.skips.add(reason, raw.key, raw.source, "; ".join(part for part in (raw.where, detail) if part))
+
+    def _problem(self, raw: _Raw) -> tuple[str, str] | None:
+        """The first reason (and detail) to skip ``raw`` before decoding, or ``None``."""
+        if raw.key in self.seen:
+            return reasons.DUPLICATE_KEY, "key already read"
+        self.seen.add(raw.key)
+        if raw.image is None:
+            return reasons.MISSING_IMAGE, raw.image_problem
+        if raw.caption is None:
+            return reasons.MISSING_CAPTION, ""
+        caption = _caption_text(raw.caption)
+        if caption is None:
+            return reasons.CAPTION_NOT_UTF8, ""
+        if not caption.strip():
+            return reasons.EMPTY_CAPTION, ""
+        return None
+
+    def __call__(self, raw: _Raw) -> Sample | None:
+        for extra in raw.extra:
+            self.skips.add(reasons.UNEXPECTED_MEMBER, raw.key, raw.source, extra)
+        problem = self._problem(raw)
+        if problem is not None:
+            self._skip(raw, *problem)
+            return None
+        assert raw.image is not None and raw.caption is not None
+        caption = (_caption_text(raw.caption) or "").strip()
+        image = None
+        if self.decode_images:
+            try:
+                image = _decode_image(raw.image)
+            except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, bombs)
+                self._skip(raw, reasons.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}")
+                return None
+        sample = Sample(
+            key=raw.key,
+            image=image,
+            image_bytes=raw.image,
+            caption=caption,
+            meta=_parse_meta(raw, self.skips),
+            source=raw.source,
+            index=self.count,
+        )
+        self.count += 1
+        return sample
+
+
+def iter_samples(
+    spec: str | Path | Sequence[str | Path],
+    *,
+    decode_images: bool = True,
+    skips: SkipCounter | None = None,
+) -> Iterator[Sample]:
+    """Stream the samples of ``spec`` (see :func:`resolve_sources`) in a deterministic order.
+
+    Sources are read in order, samples in file order; ``Sample.index`` counts the yielded samples from 0.
+    Skips are added to ``skips`` (pass a :class:`SkipCounter` to get the counts back); a summary is logged
+    when the iteration completes. With ``decode_images=False``, ``Sample.image`` is ``None`` and corrupt
+    images are not detected.
+    """
+    sources = resolve_sources(spec)
+    counter = skips if skips is not None else SkipCounter()
+    before = counter.total
+    validate = _Validator(decode_images, counter)
+    for source in sources:
+        logger.debug("reading %s", source)
+        raws = _iter_tar(source, counter) if source.endswith(TAR_SUFFIX) else _iter_captions(source, counter)
+        for raw in raws:
+            sample = validate(raw)
+            if sample is not None:
+                yield sample
+    skipped = counter.total - before
+    level = logging.WARNING if skipped else logging.INFO
+    logger.log(level, "read %d samples from %d source(s); %d skipped", validate.count, len(sources), skipped)
