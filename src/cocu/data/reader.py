@@ -9,7 +9,8 @@ Sources (see :func:`resolve_sources`):
   exactly like webdataset: ``dir/000123.jpg`` has key ``dir/000123`` and extension ``jpg`` (everything
   after the first dot of the base name, lower-cased). Used members: image ``jpg``/``jpeg``/``png``
   (first present in that order), caption ``txt``/``text`` (in that order), optional ``json`` metadata.
-  Uncompressed tars only; read in stream mode, one member at a time.
+  Uncompressed tars only; read in stream mode, one member at a time. Directory entries hold no data and
+  are passed over; other non-file members count as ``unexpected_member``.
 - **Folder + captions file**: the spec is the path of the captions file, one of ``.csv`` (RFC 4180
   quoting, header row), ``.tsv`` (header row, fields split on tabs, no quoting), ``.jsonl`` (one JSON
   object a line) or ``.parquet``. Required columns/keys ``image`` and ``caption``; optional ``key``.
