@@ -1,0 +1,167 @@
+"""Procedural textures and region shapes of the world's stuff (sky, grass, water, walls, ...).
+
+``texture(name, ...)`` returns a full-canvas colour field for one stuff concept whose vertical extent
+(``top``..``bottom``, pixels) shapes its gradients and patterns; the scene composer paints it through
+a region mask. Region helpers return boundaries as [1,S] rows of y values (one per column).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from cocu.synth.canvas import Grid, noise, sample_hsv, shade, speckle
+from cocu.synth.concepts import concept
+
+_WHITE = np.ones(3, dtype=np.float32)
+
+
+def _base(rng: np.random.Generator, name: str, part: str = "base") -> np.ndarray:
+    return sample_hsv(rng, concept(name).colours[part])
+
+
+def _depth(g: Grid, top: float, bottom: float) -> np.ndarray:
+    """[S,1] 0 at ``top`` .. 1 at ``bottom``."""
+    return np.clip((g.ys - top) / max(bottom - top, 1.0), 0.0, 1.0)
+
+
+def _sky(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "sky")
+    t = _depth(g, top, bottom)[:, :, None] * np.ones((1, g.size, 1), dtype=np.float32)
+    haze = 0.45 * t * t
+    return base * (1.0 - haze) + _WHITE * haze
+
+
+def _cloud(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "cloud")
+    puffs = 0.85 + 0.2 * noise(rng, g, 6, 8)
+    return shade(base, puffs * (1.05 - 0.25 * _depth(g, top, bottom)))
+
+
+def _grass(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "grass")
+    blades = noise(rng, g, 3, max(4, g.size // 2))
+    field = 0.6 + 0.45 * blades + 0.15 * speckle(rng, g) + 0.2 * _depth(g, top, bottom)
+    return shade(base, field)
+
+
+def _water(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "water")
+    ripples = noise(rng, g, max(4, g.size // 3), 3)
+    field = (0.8 + 0.4 * ripples) * (1.1 - 0.35 * _depth(g, top, bottom))
+    colour = shade(base, field)
+    glint = ((ripples > 0.75) & (speckle(rng, g) > 0.6))[:, :, None]
+    return np.where(glint, 0.5 * colour + 0.5 * _WHITE, colour)
+
+
+def _sand(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "sand")
+    return shade(base, 0.88 + 0.12 * noise(rng, g, 4, 4) + 0.16 * (speckle(rng, g) - 0.5))
+
+
+def _snow(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "snow")
+    drift = noise(rng, g, 3, 5)
+    blue = np.array([0.82, 0.88, 1.0], dtype=np.float32)
+    tint = (0.5 * (1.0 - drift))[:, :, None]
+    return np.clip(base * (1.0 - tint) + base * blue * tint, 0.0, 1.0) * (0.97 + 0.03 * drift)[:, :, None]
+
+
+def _road(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "road")
+    colour = shade(base, 0.85 + 0.3 * speckle(rng, g) + 0.1 * noise(rng, g, 3, 6))
+    mid = top + (bottom - top) * (0.4 + 0.2 * rng.random())
+    period = g.size * (0.22 + 0.1 * rng.random())
+    thick = max(1.0, (bottom - top) * 0.05)
+    dashes = (np.abs(g.ys - mid) < thick) & (((g.xs + rng.random() * period) % period) < 0.55 * period)
+    return np.where(dashes[:, :, None], _base(rng, "road", "line"), colour)
+
+
+def _wall(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "wall")
+    brick_h = g.size * (0.06 + 0.04 * rng.random())
+    brick_w = brick_h * (2.0 + 0.6 * rng.random())
+    mortar = max(1.0, g.size / 64.0)
+    row = np.floor(g.ys / brick_h)
+    shifted = g.xs + (row % 2) * brick_w * 0.5
+    col = np.floor(shifted / brick_w)
+    tones = rng.random((int(g.size / brick_h) + 2, int(g.size / brick_w) + 3), dtype=np.float32)
+    tone = tones[row.astype(np.int64), col.astype(np.int64)]  # [S,S]
+    colour = shade(base, 0.8 + 0.3 * tone + 0.08 * (speckle(rng, g) - 0.5))
+    joints = ((g.ys % brick_h) < mortar) | ((shifted % brick_w) < mortar)
+    grout = np.clip(base * 0.4 + 0.5, 0.0, 1.0)
+    return np.where(joints[:, :, None], grout, colour)
+
+
+def _mountain(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "mountain")
+    rock = 0.75 + 0.35 * noise(rng, g, 7, 7) + 0.1 * (speckle(rng, g) - 0.5)
+    return shade(base, rock * (1.15 - 0.3 * _depth(g, top, bottom)))
+
+
+def _floor(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    base = _base(rng, "floor")
+    plank_h = g.size * (0.06 + 0.04 * rng.random())
+    row = np.floor((g.ys - top) / plank_h)
+    tones = rng.random(int(g.size / plank_h) + 3, dtype=np.float32)
+    tone = tones[np.clip(row, 0, len(tones) - 1).astype(np.int64)]  # [S,1]
+    grain = noise(rng, g, max(4, g.size // 4), 2)
+    colour = shade(base, (0.8 + 0.25 * tone) * (0.9 + 0.2 * grain) * (0.85 + 0.25 * _depth(g, top, bottom)))
+    seams = (g.ys - top) % plank_h < max(1.0, g.size / 64.0)
+    return np.where((seams & np.ones_like(g.xs, dtype=bool))[:, :, None], colour * 0.55, colour)
+
+
+_TEXTURES: dict[str, Callable[[np.random.Generator, Grid, float, float], np.ndarray]] = {
+    "sky": _sky, "cloud": _cloud, "grass": _grass, "water": _water, "sand": _sand, "snow": _snow,
+    "road": _road, "wall": _wall, "mountain": _mountain, "floor": _floor,
+}
+
+
+def texture(name: str, rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
+    """[S,S,3] float32 colour field of stuff ``name`` for a region spanning rows ``top``..``bottom``."""
+    return _TEXTURES[name](rng, g, top, bottom)
+
+
+def wavy_boundary(rng: np.random.Generator, g: Grid, y: float, amplitude: float) -> np.ndarray:
+    """[1,S] a gently undulating boundary around row ``y``."""
+    phase = rng.random() * 2.0 * np.pi
+    waves = 0.5 + 1.5 * rng.random()
+    bumps = g.interp(4)[:, :] @ rng.random(5).astype(np.float32)
+    return y + amplitude * (np.sin(2.0 * np.pi * waves * g.xs / g.size + phase) + bumps[None, :] - 0.5)
+
+
+def mountain_top(rng: np.random.Generator, g: Grid, horizon: float) -> tuple[np.ndarray, float]:
+    """[1,S] ridge line of 1-3 peaks rising above ``horizon``; also its highest point (row)."""
+    s = float(g.size)
+    n = int(rng.integers(1, 4))
+    peaks_x = rng.uniform(0.0, s, n)[:, None, None]
+    peaks_y = horizon - rng.uniform(0.45, 0.85, n)[:, None, None] * horizon
+    slopes = rng.uniform(0.45, 1.1, n)[:, None, None]
+    ridge = np.min(peaks_y + np.abs(g.xs[None] - peaks_x) * slopes, axis=0)  # [1,S]
+    ridge = ridge + (noise(rng, g, 2, max(4, g.size // 4))[:1] - 0.5) * s * 0.05
+    return ridge.astype(np.float32), float(peaks_y.min())
+
+
+def cloud_mask(rng: np.random.Generator, g: Grid, below: np.ndarray) -> np.ndarray:
+    """[S,S] bool: 1-3 clouds, each a union of soft ellipses, kept above the boundary ``below`` [1,S]."""
+    s = float(g.size)
+    mask = np.zeros((g.size, g.size), dtype=bool)
+    for _ in range(int(rng.integers(1, 4))):
+        cx = rng.uniform(0.0, s)
+        cy = rng.uniform(0.08, 0.3) * s
+        width = rng.uniform(0.12, 0.22) * s
+        for _ in range(int(rng.integers(3, 6))):
+            ex = cx + rng.uniform(-1.0, 1.0) * width
+            ey = cy + rng.uniform(-0.3, 0.2) * width
+            rx = width * rng.uniform(0.45, 0.8)
+            ry = rx * rng.uniform(0.45, 0.7)
+            mask |= ((g.xs - ex) / rx) ** 2 + ((g.ys - ey) / ry) ** 2 <= 1.0
+    return mask & (g.ys < below)
+
+
+def skyline(rng: np.random.Generator, g: Grid, low: float, high: float) -> np.ndarray:
+    """[1,S] step-shaped top edge of a row of buildings, each top row between ``high`` and ``low``."""
+    edges = np.sort(rng.uniform(0.0, g.size, int(rng.integers(1, 4))))
+    tops = rng.uniform(high, low, len(edges) + 1).astype(np.float32)
+    return tops[np.searchsorted(edges, g.xs[0])][None, :]
