@@ -1,0 +1,343 @@
+"""FAISS nearest-neighbour indexes over L2-normalised embeddings (inner product = cosine).
+
+Kinds:
+
+- ``exact``: ``IndexFlatIP``, brute force (used up to ``exact_max`` vectors by ``auto``).
+- ``ivf``: inverted lists of full vectors (``IVF{nlist},Flat``); search parameter ``nprobe``.
+- ``ivfsq``: inverted lists of 8-bit scalar-quantised vectors, re-ranked with the full vectors
+  (``IVF{nlist},SQ8,RFlat``); parameters ``nprobe`` and ``k_factor`` (candidates re-ranked = k * k_factor).
+- ``ivfpq``: inverted lists of 4-bit fast-scan product codes, re-ranked with the full vectors
+  (``IVF{nlist},PQ{m}x4fs,RFlat``); parameters ``nprobe`` and ``k_factor``.
+- ``hnsw``: ``IndexHNSWFlat`` graph; parameter ``efSearch``.
+- ``auto``: ``exact`` up to ``exact_max`` vectors, else :data:`AUTO_APPROXIMATE` (chosen by
+  measurement with ``benchmarks/index_choice.py``).
+
+An approximate index is trained on a random sample, then its search parameters are tuned on
+``n_check`` database vectors used as queries: the cheapest setting whose recall@k (k = ``k_check``,
+the query's own row left out of both lists) against exact search reaches ``target_recall`` is kept.
+The measured recall and throughput are returned in :class:`IndexInfo` (and stored by
+:func:`index_embeddings` in ``index_info.json``); the search parameters are saved in the index file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from cocu.utils.atomic import atomic_path, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("auto", "exact", "ivf", "ivfsq", "ivfpq", "hnsw")
+AUTO_APPROXIMATE = "ivfpq"
+DEFAULT_EXACT_MAX = 100_000
+IMAGE_INDEX, CAPTION_INDEX, INFO_FILE = "image.index", "caption.index", "index_info.json"
+NPROBE_GRID: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+K_FACTOR_GRID: tuple[int, ...] = (2, 4, 8, 16, 32)
+EF_SEARCH_GRID: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+@dataclass
+class IndexInfo:
+    """What was built: kind, size, the measured recall@k against exact search, and its parameters."""
+
+    kind: str
+    n: int
+    dim: int
+    recall_at_k: float | None
+    params: dict[str, Any] = field(default_factory=dict)
+    k_check: int = 8
+    n_check: int = 0
+    queries_per_second: float | None = None
+    build_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> IndexInfo:
+        return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
+
+
+@contextlib.contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` OpenMP threads in faiss (``None``: leave faiss' setting), restored after."""
+    if threads is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 16_384, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner-product neighbours of ``queries`` [n,d]: ``(scores [n,k] float32, ids [n,k] int64)``,
+    best first; ids are -1 (score -inf) where the index has fewer than ``k`` hits."""
+    queries = _as_f32(queries)
+    if queries.ndim != 2 or queries.shape[1] != index.d:
+        raise ValueError(f"queries have shape {queries.shape}; the index expects [n, {index.d}]")
+    n = queries.shape[0]
+    scores = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="search", unit="batch", disable=not progress or len(starts) < 2):
+        s, i = index.search(queries[start : start + batch_size], k)  # [b,k] each
+        scores[start : start + s.shape[0]], ids[start : start + i.shape[0]] = s, i
+    return scores, ids
+
+
+def exact_neighbors(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-``k`` (``faiss.knn`` without building an index)."""
+    return faiss.knn(_as_f32(queries), _as_f32(vectors), k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int, query_ids: np.ndarray | None = None) -> float:
+    """Mean |found_k ∩ truth_k| / k over rows; with ``query_ids`` each query's own id is removed from both
+    lists first (they hold ``k + 1`` columns then)."""
+    total = 0.0
+    for row in range(truth.shape[0]):
+        f, t = found[row], truth[row]
+        if query_ids is not None:
+            f, t = f[f != query_ids[row]], t[t != query_ids[row]]
+        t = t[:k]
+        total += len(np.intersect1d(f[:k], t)) / max(1, len(t))
+    return total / max(1, truth.shape[0])
+
+
+def default_nlist(n: int) -> int:
+    """About 2 * sqrt(n) lists, as a power of two between 16 and 8192."""
+    return int(min(8192, max(16, 2 ** round(math.log2(2 * math.sqrt(max(n, 1)))))))
+
+
+def factory_string(kind: str, dim: int, nlist: int, pq_m: int | None = None, hnsw_m: int = 32) -> str:
+    if kind == "exact":
+        return "Flat"
+    if kind == "ivf":
+        return f"IVF{nlist},Flat"
+    if kind == "ivfsq":
+        return f"IVF{nlist},SQ8,RFlat"
+    if kind == "ivfpq":
+        m = pq_m or default_pq_m(dim)
+        return f"IVF{nlist},PQ{m}x4fs,RFlat"
+    if kind == "hnsw":
+        return f"HNSW{hnsw_m},Flat"
+    raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def default_pq_m(dim: int) -> int:
+    """Sub-quantizers for fast-scan PQ: dim/4 (4 dims each), a multiple of 2, at least 2."""
+    m = max(2, dim // 4)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def _settings(kind: str, nprobe: int | None, k_factor: int | None, ef_search: int | None) -> list[dict[str, int]]:
+    """Candidate search settings, cheapest first (a fixed value leaves only that value)."""
+    if kind == "ivf":
+        return [{"nprobe": p} for p in ([nprobe] if nprobe else NPROBE_GRID)]
+    if kind in ("ivfsq", "ivfpq"):
+        probes = [nprobe] if nprobe else NPROBE_GRID
+        factors = [k_factor] if k_factor else K_FACTOR_GRID
+        grid = [{"nprobe": p, "k_factor_rf": f} for p in probes for f in factors]
+        return sorted(grid, key=lambda s: (s["nprobe"] * (1 + s["k_factor_rf"] / 16), s["k_factor_rf"]))
+    if kind == "hnsw":
+        return [{"efSearch": e} for e in ([ef_search] if ef_search else EF_SEARCH_GRID)]
+    return [{}]
+
+
+def _apply(index: faiss.Index, setting: dict[str, int]) -> None:
+    if setting:
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in setting.items()))
+
+
+def _tune(
+    index: faiss.Index,
+    kind: str,
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    target: float,
+    fixed: tuple[int | None, int | None, int | None],
+) -> tuple[dict[str, int], float, float]:
+    """Pick the cheapest setting reaching ``target`` recall (else the best seen): (setting, recall, q/s)."""
+    best: tuple[dict[str, int], float, float] | None = None
+    for setting in _settings(kind, *fixed):
+        _apply(index, setting)
+        start = time.perf_counter()
+        _, found = search(index, queries, k + 1)
+        qps = len(queries) / max(time.perf_counter() - start, 1e-9)
+        recall = recall_at_k(found, truth, k, query_ids)
+        logger.info("%s %s: recall@%d %.4f, %.0f queries/s", kind, setting, k, recall, qps)
+        if best is None or recall > best[1]:
+            best = (setting, recall, qps)
+        if recall >= target:
+            return setting, recall, qps
+    assert best is not None
+    logger.warning("%s: no setting reached recall@%d %.2f; best %s gives %.4f", kind, k, target, best[0], best[1])
+    _apply(index, best[0])
+    return best
+
+
+def make_index(
+    vectors: np.ndarray,
+    *,
+    kind: str = "auto",
+    exact_max: int = DEFAULT_EXACT_MAX,
+    k_check: int = 8,
+    n_check: int = 1000,
+    target_recall: float = 0.95,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    k_factor: int | None = None,
+    ef_search: int | None = None,
+    pq_m: int | None = None,
+    hnsw_m: int = 32,
+    train_size: int | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+) -> tuple[faiss.Index, IndexInfo]:
+    """Build an inner-product index over ``vectors`` [n,d] in memory: ``(index, IndexInfo)``.
+
+    Approximate kinds are trained on ``train_size`` random
+    rows (default 64 per list), then tuned and checked against exact search on ``n_check`` rows.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+    x = _as_f32(vectors)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"vectors must be a non-empty [n,d] array, got shape {x.shape}")
+    n, dim = x.shape
+    chosen = ("exact" if n <= exact_max else AUTO_APPROXIMATE) if kind == "auto" else kind
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    with faiss_threads(threads):
+        lists = min(nlist or default_nlist(n), max(1, n // 8))
+        factory = factory_string(chosen, dim, lists, pq_m, hnsw_m)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        params: dict[str, Any] = {"factory": factory}
+        if chosen in ("ivf", "ivfsq", "ivfpq"):
+            params["nlist"] = lists
+            sample = min(n, train_size or 64 * lists)
+            train_rows = np.sort(rng.choice(n, size=sample, replace=False)) if sample < n else np.arange(n)
+            faiss.extract_index_ivf(index).cp.niter = 10
+            logger.info("training %s on %d vectors", factory, sample)
+            index.train(x[train_rows])
+            params["train_size"] = int(sample)
+        if chosen == "hnsw":
+            index.hnsw.efConstruction = 40
+        logger.info("adding %d vectors to %s", n, factory)
+        index.add(x)
+        recall = qps = None
+        checked = 0
+        if chosen != "exact":
+            checked = min(n_check, n)
+            query_ids = np.sort(rng.choice(n, size=checked, replace=False))
+            queries = x[query_ids]
+            _, truth = exact_neighbors(x, queries, k_check + 1)
+            setting, recall, qps = _tune(
+                index, chosen, queries, query_ids, truth, k_check, target_recall, (nprobe, k_factor, ef_search)
+            )
+            params.update(setting)
+    info = IndexInfo(
+        kind=chosen,
+        n=n,
+        dim=dim,
+        recall_at_k=None if recall is None else round(float(recall), 4),
+        params=params,
+        k_check=k_check,
+        n_check=checked,
+        queries_per_second=None if qps is None else round(float(qps), 1),
+        build_seconds=round(time.perf_counter() - start, 2),
+    )
+    return index, info
+
+
+def build_index(vectors: np.ndarray, path: str | Path, **options: Any) -> IndexInfo:
+    """:func:`make_index` (same keyword options), then write the index to ``path`` atomically."""
+    index, info = make_index(vectors, **options)
+    write_index(index, path)
+    logger.info("wrote %s: %s", path, info)
+    return info
+
+
+def write_index(index: faiss.Index, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def load_index(path: str | Path, expected_dim: int, expected_n: int | None = None) -> faiss.Index:
+    """Read an index written by :func:`build_index`; raises if it is missing or does not fit the
+    embeddings (dimension ``expected_dim``; and ``expected_n`` vectors, if given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"index {path} not found; build it with `cocu index EMB_DIR --out {path.parent}`")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise ValueError(f"cannot read FAISS index {path} ({err}); rebuild it with `cocu index`") from err
+    if index.d != expected_dim:
+        raise ValueError(
+            f"index {path} has dimension {index.d} but the embeddings have {expected_dim}; it was built from "
+            "other embeddings: rebuild it with `cocu index`"
+        )
+    if expected_n is not None and index.ntotal != expected_n:
+        raise ValueError(
+            f"index {path} holds {index.ntotal} vectors but the embeddings have {expected_n} rows; rebuild it "
+            "with `cocu index`"
+        )
+    return index
+
+
+def index_embeddings(
+    image: np.ndarray, text: np.ndarray | None, out_dir: str | Path, **options: Any
+) -> dict[str, IndexInfo]:
+    """Build ``image.index`` (and ``caption.index`` from ``text`` if given) in ``out_dir`` and record their
+    :class:`IndexInfo` in ``index_info.json``. ``options`` go to :func:`build_index`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    infos: dict[str, IndexInfo] = {}
+    for name, vectors, filename in (("image", image, IMAGE_INDEX), ("caption", text, CAPTION_INDEX)):
+        if vectors is None:
+            continue
+        infos[name] = build_index(vectors, out / filename, **options)
+    atomic_write_json(out / INFO_FILE, {name: info.to_dict() for name, info in infos.items()})
+    return infos
+
+
+def read_index_info(index_dir: str | Path) -> dict[str, IndexInfo]:
+    """The :class:`IndexInfo` per index (``image``, ``caption``) of an index folder."""
+    path = Path(index_dir) / INFO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; build the indexes with `cocu index`")
+    raw = json.loads(path.read_text("utf-8"))
+    return {name: IndexInfo.from_dict(value) for name, value in raw.items()}
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
