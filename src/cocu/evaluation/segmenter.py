@@ -1,0 +1,103 @@
+"""Zero-shot segmentation of one image with a GroupViT: resize, slide, score, average, upsample.
+
+:func:`segment_image` runs the protocol of :mod:`cocu.evaluation.protocol` on a PIL image and returns
+the label map at the requested output size (the label size; the image size by default) plus, when a
+ground-truth label is given and ``diagnostics`` is on, the inputs of the diagnostic scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cocu.data.transforms import to_tensor
+from cocu.evaluation.benchmarks import Protocol
+from cocu.evaluation.encoders import ZeroShotModel
+from cocu.evaluation.protocol import (
+    WindowAccumulator,
+    crop_scores,
+    group_class_probs,
+    hard_groups,
+    image_class_probs,
+    iter_crops,
+    majority_classes,
+    nearest_resize,
+    oracle_scores,
+    resized_shape,
+    upsample_argmax,
+)
+
+
+@dataclass
+class ImageSegmentation:
+    """``pred [H,W]`` int64 in label space (background = 0 when the protocol has one, class i = i + 1;
+    without background class i = i). ``whole_image_label``: the label of the top class by whole-image
+    similarity (averaged over crops). ``groups_per_crop``: mean number of distinct argmax groups per crop.
+    ``oracle_pred``: each crop's groups painted with their majority ground-truth label (diagnostics only)."""
+
+    pred: np.ndarray
+    whole_image_label: int
+    groups_per_crop: float
+    oracle_pred: np.ndarray | None = None
+
+
+def prepare_image(image: Image.Image, proto: Protocol, mean, std) -> torch.Tensor:
+    """``[3,H',W']`` normalised tensor of the RGB image resized by the protocol (bilinear, as mmseg)."""
+    size = resized_shape(image.width, image.height, proto.short_side, proto.max_long_side)
+    resized = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
+    return to_tensor(resized, mean, std)
+
+
+@torch.inference_mode()
+def segment_image(
+    zs: ZeroShotModel,
+    image: Image.Image,
+    class_emb: torch.Tensor,
+    proto: Protocol,
+    out_hw: tuple[int, int] | None = None,
+    label: np.ndarray | None = None,
+) -> ImageSegmentation:
+    """Segment an RGB ``image`` into the classes of ``class_emb [K,D]``.
+
+    ``out_hw`` defaults to the image size. With ``label`` (``[H,W]`` ints in label space, negative =
+    ignore, same size as ``out_hw``) the group-bound oracle prediction is computed too.
+    """
+    out_hw = out_hw or (image.height, image.width)
+    x = prepare_image(image, proto, zs.mean, zs.std).to(zs.device)  # [3,H',W']
+    _, h, w = x.shape
+    offset = 1 if proto.with_background else 0
+    num_labels = class_emb.shape[0] + offset
+    class_emb = class_emb.to(zs.device)
+    scale = zs.logit_scale
+    acc = WindowAccumulator(num_labels, h, w, zs.device)
+    oracle = None
+    label_r = None
+    if label is not None:
+        oracle = WindowAccumulator(num_labels, h, w, zs.device)
+        label_r = torch.from_numpy(nearest_resize(label, (h, w))).to(zs.device)  # [H',W']
+    image_probs = torch.zeros(class_emb.shape[0], device=zs.device)  # [K]
+    group_counts = []
+    for boxes, crops in iter_crops(x, proto.crop, proto.stride, proto.batch_size):
+        enc = zs.encode_crops(crops)
+        probs = group_class_probs(enc.group_emb, enc.image_emb, class_emb, scale, proto.top_k)  # [b,G,K]
+        image_probs += image_class_probs(enc.image_emb, class_emb, scale).sum(dim=0)
+        groups = hard_groups(enc.assignment)  # [b,h,w]
+        num_groups = enc.assignment.shape[1]
+        for j, box in enumerate(boxes):
+            acc.add(box, crop_scores(groups[j], probs[j], proto.bg_thresh))
+            group_counts.append(int(torch.unique(groups[j]).numel()))
+            if oracle is not None:
+                y1, y2, x1, x2 = box
+                majority = majority_classes(groups[j], label_r[y1:y2, x1:x2], num_groups, num_labels)
+                oracle.add(box, oracle_scores(groups[j], majority, num_labels))
+    pred = upsample_argmax(acc.mean(), out_hw).cpu().numpy()
+    oracle_pred = upsample_argmax(oracle.mean(), out_hw).cpu().numpy() if oracle is not None else None
+    return ImageSegmentation(
+        pred=pred,
+        whole_image_label=int(image_probs.argmax()) + offset,
+        groups_per_crop=float(np.mean(group_counts)),
+        oracle_pred=oracle_pred,
+    )
