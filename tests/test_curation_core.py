@@ -300,3 +300,11 @@ def test_archive_part_round_trips_through_parquet(tmp_path, tiny_world):
     assert a.concepts == ["grass", "cat", "sky", "horse"]
     assert a.scores == pytest.approx([0.5 / 0.7 + 1.5 / 0.9, 0.5 / 0.7 + 1 / 1.2, 0.3 / 0.7 + 1, 0.3 / 0.7], rel=1e-5)
     assert len(a.clusters) == 4 and a.clusters[0] == 0 and set(a.clusters) == {0, 1, 2}
+
+
+def test_clustering_keeps_min_labels_clusters_when_points_coincide():
+    concept_emb = np.tile(np.eye(4, dtype=np.float32)[:1], (6, 1))  # six identical concept embeddings
+    ids = np.array([[0, 1, 2, 3, 4, 5], [4, 5, -1, -1, -1, -1]])
+    labels = cluster_archives(ids, ids >= 0, ConceptGram(concept_emb), num_clusters=3)
+    assert set(labels[0].tolist()) == {0, 1, 2}
+    assert labels[1].tolist() == [0, 1, -1, -1, -1, -1]

@@ -9,7 +9,9 @@ per-anchor embedding copies are made. Distances are exact squared Euclidean dist
 
 Initialisation is farthest-point (deterministic): the first centre is the archive's top-ranked concept,
 each further centre the point farthest from the centres chosen so far. Then a fixed number of Lloyd
-iterations (stopping early once no label changes); a cluster that empties keeps its previous centroid.
+iterations (stopping early once no label changes); a cluster left empty by an assignment takes the point
+farthest from its centroid out of a cluster with several members, so there are always ``min(L, M)``
+clusters.
 Cluster ids are finally renumbered by their best-ranked member, so cluster 0 holds the top concept.
 """
 
@@ -72,14 +74,36 @@ def kmeans_gram(gram: np.ndarray, valid: np.ndarray, num_clusters: int, iteratio
         self_term = np.einsum("pki,pik->pk", weights, cross)  # [p, L]
         dist = diag[:, :, None] - 2.0 * cross + self_term[:, None, :]
         dist = np.where(cluster_ok[:, None, :], dist, np.inf)
-        new_labels = np.where(valid, dist.argmin(axis=2), -1)
+        new_labels = _fill_empty(np.where(valid, dist.argmin(axis=2), -1), dist, valid, cluster_ok)
         if np.array_equal(new_labels, labels):
             break
         labels = new_labels
         onehot = (labels[:, None, :] == np.arange(num_clusters)[None, :, None]).astype(np.float32)  # [p, L, m]
         sizes = onehot.sum(axis=2, keepdims=True)  # [p, L, 1]
-        weights = np.where(sizes > 0, onehot / np.maximum(sizes, 1.0), weights)
+        weights = onehot / np.maximum(sizes, 1.0)
     return renumber_by_first_member(labels, num_clusters)
+
+
+def _fill_empty(labels: np.ndarray, dist: np.ndarray, valid: np.ndarray, cluster_ok: np.ndarray) -> np.ndarray:
+    """Give every wanted but empty cluster the point farthest from its own centroid among the points of
+    clusters with more than one member, so a problem always has ``min(L, M)`` clusters (even when points
+    coincide)."""
+    p, m = labels.shape
+    rows = np.arange(p)
+    for k in range(cluster_ok.shape[1]):
+        member = labels[:, None, :] == np.arange(cluster_ok.shape[1])[None, :, None]  # [p, L, m]
+        sizes = member.sum(axis=2)  # [p, L]
+        empty = cluster_ok[:, k] & (sizes[:, k] == 0)  # [p]
+        if not empty.any():
+            continue
+        own = np.maximum(labels, 0)
+        own_size = np.take_along_axis(sizes, own, axis=1)  # [p, m]
+        own_dist = np.take_along_axis(dist, own[:, :, None], axis=2)[:, :, 0]  # [p, m]
+        movable = valid & (own_size > 1)
+        pick = np.where(movable, own_dist, -np.inf).argmax(axis=1)  # [p]
+        fix = empty & movable.any(axis=1)
+        labels[rows[fix], pick[fix]] = k
+    return labels
 
 
 def renumber_by_first_member(labels: np.ndarray, num_clusters: int) -> np.ndarray:
