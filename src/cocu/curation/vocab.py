@@ -325,7 +325,7 @@ class Vocabulary:
             raise ValueError(f"cannot read vocabulary file {path}: {err}") from err
         concepts: list[str] = []
         aliases: dict[str, str] = {}
-        seen: dict[tuple[str, ...], tuple[int, str]] = {}  # singular key -> (line, entry)
+        seen: dict[tuple[str, ...], tuple[int, str, str]] = {}  # singular key -> (line, entry, concept)
         for lineno, line in enumerate(text.splitlines(), start=1):
             name_part, has_colon, alias_part = line.partition(":")
             name = _clean_entry(name_part)
@@ -341,12 +341,15 @@ class Vocabulary:
             for entry in names:
                 key = _singular_key(entry)
                 if key in seen:
-                    first_line, first = seen[key]
-                    raise ValueError(
-                        f"{path}, line {lineno}: {entry!r} duplicates {first!r} (line {first_line}); "
-                        "list each concept or alias once (singular and plural count as the same)"
-                    )
-                seen[key] = (lineno, entry)
+                    first_line, first, owner = seen[key]
+                    # an alias that is only its own concept's plural ("person: people") is redundant but harmless
+                    if owner != name or tokenize(first) == tokenize(entry):
+                        raise ValueError(
+                            f"{path}, line {lineno}: {entry!r} duplicates {first!r} (line {first_line}); "
+                            "list each concept or alias once (singular and plural count as the same)"
+                        )
+                    continue
+                seen[key] = (lineno, entry, name)
             concepts.append(name)
             aliases.update({alias: name for alias in names[1:]})
         if not concepts:
