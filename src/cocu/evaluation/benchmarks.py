@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from cocu.text.prompts import SIMPLE_TEMPLATE, imagenet_templates
 
@@ -205,3 +206,12 @@ def prompt_templates(name: str) -> tuple[str, ...]:
     if name == "simple":
         return (SIMPLE_TEMPLATE,)
     raise ValueError(f"unknown template set {name!r}; known: {', '.join(TEMPLATE_SETS)}")
+
+
+def unique_keys(names: Sequence[str]) -> list[str]:
+    """Names usable as JSON keys: a repeated name gets its index appended (CLIP's ImageNet list has two
+    "missile" and two "sunglasses" entries)."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if counts[name] == 1 else f"{name} #{i}" for i, name in enumerate(names)]

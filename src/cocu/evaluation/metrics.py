@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cocu.evaluation.benchmarks import unique_keys
+
 
 class ConfusionMatrix:
     """``counts[g, p]`` = number of valid pixels with ground truth ``g`` predicted as ``p``."""
@@ -71,7 +73,7 @@ def scores(matrix: ConfusionMatrix, names: list[str]) -> SegScores:
     return SegScores(
         miou=_pct(matrix.miou()),
         pixel_acc=_pct(matrix.pixel_accuracy()),
-        per_class_iou={name: _pct(float(v)) for name, v in zip(names, iou)},
+        per_class_iou={name: _pct(float(v)) for name, v in zip(unique_keys(names), iou)},
     )
 
 

@@ -101,3 +101,33 @@ def segment_image(
         groups_per_crop=float(np.mean(group_counts)),
         oracle_pred=oracle_pred,
     )
+
+
+def user_protocol(
+    model_image_size: int,
+    short_side: int | None = None,
+    crop: int | None = None,
+    stride: int | None = None,
+    bg_thresh: float | None = None,
+) -> Protocol:
+    """Protocol for an arbitrary image: by default short side = crop = twice the model's image size and
+    stride = the image size (the VOC setting 448/448/224 for a 224 px model), no long-side cap."""
+    crop = crop or 2 * model_image_size
+    return Protocol(
+        short_side=short_side or 2 * model_image_size,
+        crop=crop,
+        stride=stride or max(1, crop // 2),
+        bg_thresh=bg_thresh,
+    )
+
+
+def segment_with_labels(
+    zs: ZeroShotModel, image: Image.Image, labels: list[str], proto: Protocol, templates: list[str]
+) -> np.ndarray:
+    """Label map ``[H,W]`` (image size) of free-form ``labels``: 0 = background (only with a background
+    threshold), ``i`` = ``labels[i - 1]``."""
+    if not labels:
+        raise ValueError("no labels given")
+    class_emb = zs.class_embeddings(labels, templates)
+    pred = segment_image(zs, image, class_emb, proto).pred
+    return pred if proto.with_background else pred + 1
