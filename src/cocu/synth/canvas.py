@@ -104,8 +104,11 @@ def colour_name(rgb: np.ndarray) -> str:
 
 
 def shade(base: np.ndarray, field: np.ndarray) -> np.ndarray:
-    """[S,S,3] colour field: ``base`` [3] RGB scaled by a brightness ``field`` [S,S] (1 = unchanged)."""
-    return np.clip(field[:, :, None] * base[None, None, :], 0.0, 1.0)
+    """[h,w,3] colour field: ``base`` [3] RGB scaled by a brightness ``field`` [h,w] (1 = unchanged).
+
+    Values may exceed 1; :meth:`Canvas.render` clips once at the end.
+    """
+    return field[:, :, None] * base[None, None, :]
 
 
 class Canvas:
@@ -135,8 +138,10 @@ class Canvas:
     def paint(self, mask: np.ndarray, colour: np.ndarray, name: str, instance: int, window: Window = FULL) -> None:
         """Paint ``mask`` (bool, broadcastable to the window's [h,w]) with ``colour`` ([3] or [h,w,3])."""
         target = self.layer[window]
-        np.putmask(target, np.broadcast_to(mask, target.shape), len(self._fills))
-        if colour.ndim == 3:
+        if mask.shape != target.shape:
+            mask = np.broadcast_to(mask, target.shape)
+        np.putmask(target, mask, len(self._fills))
+        if colour.ndim == 3 and colour.shape[:2] != target.shape:
             colour = np.broadcast_to(colour, target.shape + (3,))
         self._fills.append(colour)
         self._windows.append(window)
@@ -147,23 +152,24 @@ class Canvas:
         """Image [S,S,3] uint8 RGB, label [S,S] uint8 class indices, instance [S,S] int32 ids."""
         if (self.layer < 0).any():
             raise RuntimeError("scene left pixels unpainted: every pixel must belong to a concept")
-        flat = self.layer.ravel()
         n = len(self._fills)
-        palette = np.zeros((n, 3), dtype=np.float32)
+        palette = np.zeros((3, n), dtype=np.float32)
         textured = []
         for k, fill in enumerate(self._fills):
             if fill.ndim == 1:
-                palette[k] = fill
+                palette[:, k] = fill
             else:
                 textured.append(k)
-        rgb = palette[self.layer]  # [S,S,3]
-        used = np.bincount(flat, minlength=n)
+        planes = [np.take(palette[c], self.layer) for c in range(3)]  # 3 x [S,S]
+        used = np.bincount(self.layer.ravel(), minlength=n)
         for k in textured:
             if used[k]:
                 window = self._windows[k]
                 sel = self.layer[window] == k
-                rgb[window][sel] = self._fills[k][sel]
+                for c in range(3):
+                    np.copyto(planes[c][window], self._fills[k][:, :, c], where=sel)
+        rgb = np.stack(planes, axis=-1)
         image = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        label = np.asarray(self._layer_concept, dtype=np.uint8)[self.layer]
-        instance = np.asarray(self._layer_instance, dtype=np.int32)[self.layer]
+        label = np.take(np.asarray(self._layer_concept, dtype=np.uint8), self.layer)
+        instance = np.take(np.asarray(self._layer_instance, dtype=np.int32), self.layer)
         return image, label, instance

@@ -190,12 +190,22 @@ def _salient_things(scene: Scene) -> list[tuple[float, _Named]]:
     return out
 
 
+def _mean_colours(scene: Scene) -> np.ndarray:
+    """[C,3] mean RGB in [0,1] of each class's pixels (0 for absent classes)."""
+    flat = scene.label.ravel()
+    counts = np.maximum(np.bincount(flat, minlength=len(CONCEPT_INDEX)), 1)
+    pixels = scene.image.reshape(-1, 3).astype(np.float64)
+    sums = [np.bincount(flat, weights=pixels[:, c], minlength=len(CONCEPT_INDEX)) for c in range(3)]
+    return np.stack(sums, axis=1) / counts[:, None] / 255.0
+
+
 def _salient_stuff(scene: Scene, fractions: dict[str, float]) -> list[tuple[float, _Named]]:
     out = []
+    means = _mean_colours(scene)
     for name, frac in fractions.items():
         if concept(name).kind != STUFF:
             continue
-        colour = colour_name(scene.image[scene.label == CONCEPT_INDEX[name]].mean(axis=0) / 255.0)
+        colour = colour_name(means[CONCEPT_INDEX[name]])
         out.append((min(0.4, 0.04 + 0.25 * frac), _Named(name, 1, colour, frac, "middle")))
     return out
 

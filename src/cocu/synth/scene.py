@@ -111,8 +111,10 @@ def _ground(canvas: Canvas, rng: np.random.Generator, name: str, y: float, ampli
 Backdrop = Callable[[float], None]
 
 
-def _layout(kind: SceneType, canvas: Canvas, rng: np.random.Generator, back: Backdrop) -> _Layout:
-    """Paint the stuff of ``kind`` back to front (``back`` draws sky things behind the mountains)."""
+def _layout(kind: SceneType, canvas: Canvas, rng: np.random.Generator, back: Backdrop,
+            back_over_mountains: bool = False) -> _Layout:
+    """Paint the stuff of ``kind`` back to front; ``back`` draws the far sky things (the sun) behind the
+    mountains, or in front of them with ``back_over_mountains``, always behind the ground."""
     s = float(canvas.size)
     g = canvas.grid
     flat = np.ones((1, canvas.size), dtype=np.float32)
@@ -120,9 +122,12 @@ def _layout(kind: SceneType, canvas: Canvas, rng: np.random.Generator, back: Bac
     if name in ("meadow", "snowfield", "beach", "lake"):
         horizon = s * rng.uniform(*{"beach": (0.3, 0.45), "meadow": (0.3, 0.5)}.get(name, (0.35, 0.5)))
         _sky_and_clouds(canvas, rng, flat * horizon, 0.6)
-        back(horizon)
+        if not back_over_mountains:
+            back(horizon)
         if rng.random() < {"meadow": 0.35, "snowfield": 0.85, "lake": 0.6}.get(name, 0.0):
             _mountains(canvas, rng, horizon + 1.0)
+        if back_over_mountains:
+            back(horizon)
         sky = (0.0, horizon)
         if name in ("meadow", "snowfield"):
             _ground(canvas, rng, "grass" if name == "meadow" else "snow", horizon, s * 0.02)
@@ -197,14 +202,18 @@ def _place(name: str, layout: _Layout, rng: np.random.Generator, size: int, scal
         aspect = rng.uniform(*c.aspect)
         if placement == "sky":
             h = h0
-            cy = rng.uniform(min(0.5 * h + 0.03 * s, bottom - 0.2 * h), max(0.5 * h + 0.03 * s, bottom - 0.45 * h))
+            top_cy = 0.5 * h + 0.03 * s if dominant else min(0.5 * h + 0.03 * s, bottom - 0.2 * h)
+            cy = rng.uniform(top_cy, max(top_cy, bottom - 0.45 * h))  # a dominant thing stays in frame
             y0 = cy - 0.5 * h
         else:
             depth = rng.uniform(0.35, 1.0) if not dominant else rng.uniform(0.75, 0.95)
             base = top + depth * (bottom - top) + 0.05 * s * rng.random()
             h = h0 * (0.7 + 0.4 * depth)
             y0 = base - h
-        w = h * aspect
+        if h > 0.85 * s:
+            y0 += h - 0.85 * s
+            h = 0.85 * s
+        w = min(h * aspect, 1.1 * s)
         cx = (0.5 + rng.uniform(-0.1, 0.1)) * s if dominant else rng.uniform(0.25 * w, s - 0.25 * w)
         box = Box(float(cx - 0.5 * w), float(y0), float(w), float(h), bool(rng.random() < 0.5))
         worst = max((_overlap(box, other) for other in placed), default=0.0)
@@ -231,7 +240,9 @@ def compose_scene(rng: np.random.Generator, size: int, thing_scale: float = 1.0,
         kind = hosts[int(rng.choice(len(hosts), p=weights / weights.sum()))]
         names = [dominant]
     canvas = Canvas(size)
-    scale = thing_scale * (1.35 if kind.closeup else 1.0) * (1.3 if dominant else 1.0)
+    scale = thing_scale * (1.35 if kind.closeup else 1.0)
+    if dominant is not None and concept(dominant).placement != "sky":
+        scale *= 1.3
     things: list[ThingInstance] = []
 
     def draw(name: str, box: Box) -> None:
@@ -246,11 +257,11 @@ def compose_scene(rng: np.random.Generator, size: int, thing_scale: float = 1.0,
 
     def backdrop(horizon: float) -> None:
         for name in back:
-            box = _place(name, _Layout({"sky": (0.0, horizon)}), rng, size, scale, False, placed)
+            box = _place(name, _Layout({"sky": (0.0, horizon)}), rng, size, scale, dominant is not None, placed)
             placed.append(box)
             draw(name, box)
 
-    layout = _layout(kind, canvas, rng, backdrop)
+    layout = _layout(kind, canvas, rng, backdrop, back_over_mountains=dominant in _BACK_THINGS)
     boxes = []
     for name in middle + front:
         box = _place(name, layout, rng, size, scale, dominant is not None, placed)

@@ -28,9 +28,9 @@ def _depth(g: Grid, top: float, bottom: float) -> np.ndarray:
 
 def _sky(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
     base = _base(rng, "sky")
-    t = _depth(g, top, bottom)[:, :, None] * np.ones((1, g.size, 1), dtype=np.float32)
+    t = _depth(g, top, bottom)[:, :, None]  # [S,1,1]: the sky only changes with height
     haze = 0.45 * t * t
-    return base * (1.0 - haze) + _WHITE * haze
+    return np.broadcast_to(base * (1.0 - haze) + _WHITE * haze, (g.size, g.size, 3))
 
 
 def _cloud(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
@@ -62,10 +62,12 @@ def _sand(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.nd
 
 def _snow(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:
     base = _base(rng, "snow")
-    drift = noise(rng, g, 3, 5)
-    blue = np.array([0.82, 0.88, 1.0], dtype=np.float32)
-    tint = (0.5 * (1.0 - drift))[:, :, None]
-    return np.clip(base * (1.0 - tint) + base * blue * tint, 0.0, 1.0) * (0.97 + 0.03 * drift)[:, :, None]
+    drift = noise(rng, g, 4, 6)
+    blue = np.array([0.78, 0.86, 1.0], dtype=np.float32)
+    tint = (0.8 * (1.0 - drift) ** 2)[:, :, None]
+    colour = (base * (1.0 - tint) + base * blue * tint) * (0.9 + 0.1 * drift)[:, :, None]
+    sparkle = (speckle(rng, g) > 0.93)[:, :, None]
+    return np.where(sparkle, _WHITE, colour)
 
 
 def _road(rng: np.random.Generator, g: Grid, top: float, bottom: float) -> np.ndarray:

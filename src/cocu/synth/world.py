@@ -182,7 +182,8 @@ def _run(cfg: WorldConfig, jobs: list[tuple[WorldConfig, str, int, str | None]],
                 yield _encode(job)
                 bar.update()
             return
-        with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
+        # fork: workers inherit the loaded modules; spawn would re-run `python -m cocu`'s __main__ in each child
+        with multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
             for enc in pool.imap(_encode, jobs, chunksize=32):
                 yield enc
                 bar.update()
