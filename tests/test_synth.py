@@ -15,6 +15,7 @@ from cocu.curation.vocab import Vocabulary
 from cocu.data.reader import iter_samples
 from cocu.synth.concepts import CONCEPTS, STUFF_NAMES, THING_NAMES, class_names, concept, vocabulary_lines
 from cocu.synth.contact import PALETTE
+from cocu.synth.scene import SCENE_TYPES
 from cocu.synth.stats import SplitStats
 from cocu.synth.world import WorldConfig, generate_world, pixel_fractions, render_sample
 
@@ -190,6 +191,8 @@ def test_no_concept_in_nearly_every_image_and_sky_in_at_most_sixty_percent(sampl
     summary = sample_stats.summary()
     assert summary["max_concept_frequency"] <= 0.8
     assert summary["concepts"]["sky"]["frequency"] <= 0.62
+    sky_weight = sum(k.weight for k in SCENE_TYPES if k.has_sky) / sum(k.weight for k in SCENE_TYPES)
+    assert sky_weight <= 0.6
     assert all(summary["concepts"][c.name]["frequency"] > 0 for c in CONCEPTS)
 
 

@@ -52,7 +52,6 @@ SCENE_TYPES: tuple[SceneType, ...] = (
     SceneType("closeup-water", 0.044, False, {"boat": 0.7, "bird": 0.4}, True),
     SceneType("closeup-road", 0.033, False, {"car": 0.8, "dog": 0.2, "person": 0.25}, True),
 )
-SCENE_BY_NAME: dict[str, SceneType] = {s.name: s for s in SCENE_TYPES}
 
 
 @dataclass

@@ -30,7 +30,6 @@ from cocu.utils.atomic import atomic_write_bytes, atomic_write_json, atomic_writ
 
 logger = logging.getLogger(__name__)
 
-SHARD_SPLITS = ("teacher", "pretrain")
 SPLITS = ("teacher", "pretrain", "val", "classify")
 _SPLIT_IDS = {"teacher": 1, "pretrain": 2, "val": 3, "classify": 4}
 OUTPUTS = ("teacher", "pretrain", "val", "classify", "world.json", "vocab.txt", "contact_sheet.png")
