@@ -65,9 +65,50 @@ def noise(rng: np.random.Generator, g: Grid, cells_y: int, cells_x: int, window:
     return g.interp(cells_y)[window[0]] @ knots @ g.interp(cells_x)[window[1]].T
 
 
-def speckle(rng: np.random.Generator, g: Grid) -> np.ndarray:
-    """[S,S] float32 per-pixel uniform noise in [0,1]."""
-    return rng.random((g.size, g.size), dtype=np.float32)
+@dataclass(frozen=True)
+class Rows:
+    """Full-width rows ``r0:r1`` of a grid: where a stuff texture is computed and painted."""
+
+    grid: Grid
+    r0: int
+    r1: int
+
+    @property
+    def window(self) -> Window:
+        return (slice(self.r0, self.r1), slice(None))
+
+    @property
+    def ys(self) -> np.ndarray:
+        """[h,1] pixel-centre rows."""
+        return self.grid.ys[self.r0:self.r1]
+
+    @property
+    def xs(self) -> np.ndarray:
+        """[1,S] pixel-centre columns."""
+        return self.grid.xs
+
+    @property
+    def size(self) -> int:
+        return self.grid.size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.r1 - self.r0, self.grid.size)
+
+    def noise(self, rng: np.random.Generator, cells_y: int, cells_x: int) -> np.ndarray:
+        """[h,S] these rows of a whole-image smooth noise (see :func:`noise`)."""
+        return noise(rng, self.grid, cells_y, cells_x, self.window)
+
+    def speckle(self, rng: np.random.Generator) -> np.ndarray:
+        """[h,S] float32 per-pixel uniform noise in [0,1]."""
+        return rng.random(self.shape, dtype=np.float32)
+
+
+def rows(g: Grid, start: float = 0.0, stop: float | None = None) -> Rows:
+    """The rows whose pixel centres may lie in [start, stop) (default: to the bottom), clipped."""
+    end = g.size if stop is None else min(g.size, max(0, int(np.ceil(stop))))
+    begin = min(max(0, int(np.floor(start))), end)
+    return Rows(g, begin, end)
 
 
 def sample_hsv(rng: np.random.Generator, ranges: tuple[HSVRange, ...]) -> np.ndarray:

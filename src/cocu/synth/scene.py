@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from cocu.synth.canvas import Canvas, colour_name
+from cocu.synth.canvas import Canvas, Rows, colour_name, rows
 from cocu.synth.concepts import concept
 from cocu.synth.stuff import cloud_mask, mountain_top, skyline, texture, wavy_boundary
 from cocu.synth.things import PAINTERS, Box
@@ -82,28 +82,43 @@ class _Layout:
     surfaces: dict[str, tuple[float, float]]
 
 
-def _paint_stuff(canvas: Canvas, rng: np.random.Generator, name: str, mask: np.ndarray, top: float, bottom: float) -> None:
+def _paint_stuff(canvas: Canvas, rng: np.random.Generator, name: str, region: Rows, mask: np.ndarray,
+                 top: float, bottom: float) -> None:
+    """Paint stuff ``name`` through ``mask`` (over ``region``'s rows) as a band spanning ``top``..``bottom``."""
     inst = canvas.new_instance(name)
-    canvas.paint(mask, texture(name, rng, canvas.grid, top, bottom), name, inst)
+    canvas.paint(mask, texture(name, rng, region, top, bottom), name, inst, region.window)
+
+
+def _fill(canvas: Canvas, rng: np.random.Generator, name: str, top: float, bottom: float, stop: float | None = None) -> None:
+    """Paint stuff ``name`` over every pixel of the rows above ``stop`` (default: the whole canvas)."""
+    region = rows(canvas.grid, 0.0, stop)
+    _paint_stuff(canvas, rng, name, region, np.ones((1, 1), dtype=bool), top, bottom)
+
+
+def _below(canvas: Canvas, rng: np.random.Generator, name: str, edge: np.ndarray, top: float, bottom: float,
+           stop: float | None = None) -> None:
+    """Paint stuff ``name`` below the boundary ``edge`` ([1,S] row per column) down to ``stop`` (default: the
+    bottom of the canvas; pass a row only where later layers cover everything below it)."""
+    region = rows(canvas.grid, float(np.min(edge)), stop)
+    _paint_stuff(canvas, rng, name, region, region.ys >= edge, top, bottom)
 
 
 def _sky_and_clouds(canvas: Canvas, rng: np.random.Generator, horizon: np.ndarray, clouds: float) -> None:
-    full = np.ones((canvas.size, canvas.size), dtype=bool)
-    _paint_stuff(canvas, rng, "sky", full, 0.0, float(horizon.mean()))
+    _fill(canvas, rng, "sky", 0.0, float(horizon.mean()))
     if rng.random() < clouds:
-        mask = cloud_mask(rng, canvas.grid, horizon)
+        region, mask = cloud_mask(rng, canvas.grid, horizon)
         if mask.any():
-            _paint_stuff(canvas, rng, "cloud", mask, 0.0, float(horizon.mean()))
+            _paint_stuff(canvas, rng, "cloud", region, mask, 0.0, float(horizon.mean()))
 
 
 def _mountains(canvas: Canvas, rng: np.random.Generator, horizon: float) -> None:
     ridge, peak = mountain_top(rng, canvas.grid, horizon)
-    _paint_stuff(canvas, rng, "mountain", canvas.grid.ys >= ridge, peak, horizon)
+    _below(canvas, rng, "mountain", ridge, peak, horizon, stop=horizon + 0.1 * canvas.size)  # ground covers the rest
 
 
 def _ground(canvas: Canvas, rng: np.random.Generator, name: str, y: float, amplitude: float) -> np.ndarray:
     edge = wavy_boundary(rng, canvas.grid, y, amplitude)
-    _paint_stuff(canvas, rng, name, canvas.grid.ys >= edge, y, float(canvas.size))
+    _below(canvas, rng, name, edge, y, float(canvas.size))
     return edge
 
 
@@ -131,7 +146,7 @@ def _layout(kind: SceneType, canvas: Canvas, rng: np.random.Generator, back: Bac
         if name in ("meadow", "snowfield"):
             _ground(canvas, rng, "grass" if name == "meadow" else "snow", horizon, s * 0.02)
             return _Layout({"ground": (horizon, s), "sky": sky})
-        _paint_stuff(canvas, rng, "water", g.ys >= horizon, horizon, s)
+        _below(canvas, rng, "water", flat * horizon, horizon, s)
         if name == "beach":
             shore = horizon + (s - horizon) * rng.uniform(0.35, 0.6)
             _ground(canvas, rng, "sand", shore, s * 0.03)
@@ -146,19 +161,19 @@ def _layout(kind: SceneType, canvas: Canvas, rng: np.random.Generator, back: Bac
         _sky_and_clouds(canvas, rng, roofs, 0.5)
         back(float(roofs.min()))
         road_top = s * rng.uniform(0.55, 0.7)
-        _paint_stuff(canvas, rng, "wall", g.ys >= roofs, float(roofs.min()), road_top)
-        _paint_stuff(canvas, rng, "road", g.ys >= road_top, road_top, s)
+        _below(canvas, rng, "wall", roofs, float(roofs.min()), road_top)
+        _below(canvas, rng, "road", flat * road_top, road_top, s)
         return _Layout({"road": (road_top, s), "ground": (road_top - 0.02 * s, s), "sky": (0.0, float(roofs.min()))})
     if name in ("room", "garden"):
         line = s * (rng.uniform(0.55, 0.75) if name == "room" else rng.uniform(0.45, 0.7))
-        _paint_stuff(canvas, rng, "wall", np.ones((canvas.size, canvas.size), dtype=bool), 0.0, line)
+        _fill(canvas, rng, "wall", 0.0, line, stop=line + 1.0 if name == "room" else None)
         if name == "room":
-            _paint_stuff(canvas, rng, "floor", g.ys >= line, line, s)
+            _below(canvas, rng, "floor", flat * line, line, s)
         else:
             _ground(canvas, rng, "grass", line, s * 0.02)
         return _Layout({"ground": (line, s), "sky": (0.0, line)})
     stuff_name = name.split("-", 1)[1]
-    _paint_stuff(canvas, rng, stuff_name, np.ones((canvas.size, canvas.size), dtype=bool), 0.0, s)
+    _fill(canvas, rng, stuff_name, 0.0, s)
     band = (0.3 * s, s)
     return _Layout({"ground": band, "water": band, "road": band, "sky": (0.0, 0.6 * s)})
 
@@ -190,6 +205,10 @@ def _overlap(a: Box, b: Box) -> float:
 
 def _place(name: str, layout: _Layout, rng: np.random.Generator, size: int, scale: float,
            dominant: bool, placed: list[Box]) -> Box:
+    """A box for thing ``name`` on its surface, sized with perspective, overlapping ``placed`` boxes little.
+
+    A ``dominant`` thing stands near the viewer and the centre (or, in the sky, fully in frame).
+    """
     c = concept(name)
     s = float(size)
     placement = c.placement if c.placement in layout.surfaces else "ground"
