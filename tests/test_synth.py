@@ -35,10 +35,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def sample_stats() -> SplitStats:
-    """Statistics of 300 pretrain images drawn in memory (no files)."""
+    """Statistics of 240 pretrain images drawn in memory (no files)."""
     cfg = WorldConfig(seed=3)
     stats = SplitStats()
-    for i in range(300):
+    for i in range(240):
         s = render_sample(cfg, "pretrain", i)
         stats.add(s.meta(), s.caption.text)
     return stats
@@ -174,7 +174,7 @@ def test_caption_concepts_are_what_the_curation_vocabulary_extracts(world):
     out, _ = world
     vocab = Vocabulary.from_file(out / "vocab.txt")
     cfg = WorldConfig(seed=11)
-    for i in range(300):
+    for i in range(200):
         s = render_sample(cfg, "teacher", i)
         assert vocab.extract(s.caption.text) == s.caption.concepts, s.caption.text
 
