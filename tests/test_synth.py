@@ -16,6 +16,7 @@ from cocu.data.reader import iter_samples
 from cocu.synth.concepts import CONCEPTS, STUFF_NAMES, THING_NAMES, class_names, concept, vocabulary_lines
 from cocu.synth.contact import PALETTE
 from cocu.synth.scene import SCENE_TYPES
+from cocu.synth import world as world_module
 from cocu.synth.stats import SplitStats
 from cocu.synth.world import WorldConfig, generate_world, pixel_fractions, render_sample
 
@@ -237,6 +238,22 @@ def test_bad_settings_are_rejected_with_clear_errors(tmp_path):
         generate_world(tmp_path / "a", WorldConfig(size=8))
     with pytest.raises(ValueError, match="teacher"):
         generate_world(tmp_path / "b", WorldConfig(teacher=-1))
+
+
+def test_an_interrupted_world_is_marked_incomplete_and_can_be_overwritten(tmp_path, monkeypatch):
+    def fail(out, cfg):
+        raise RuntimeError("disk full")
+
+    cfg = WorldConfig(teacher=2, pretrain=2, val=2, classify=1, contact_sheet=1)
+    monkeypatch.setattr(world_module, "_write_classify", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate_world(tmp_path / "w", cfg)
+    assert json.loads((tmp_path / "w/world.json").read_text())["complete"] is False
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError):
+        generate_world(tmp_path / "w", cfg)
+    generate_world(tmp_path / "w", cfg, overwrite=True)
+    assert json.loads((tmp_path / "w/world.json").read_text())["complete"] is True
 
 
 def test_cli_end_to_end_prints_recall_and_refuses_to_overwrite(tmp_path, capsys):

@@ -274,6 +274,8 @@ def generate_world(out_dir: str | Path, cfg: WorldConfig, overwrite: bool = Fals
     cfg.validate()
     out = Path(out_dir)
     _prepare(out, overwrite)
+    # an unfinished world is marked as such (and may be overwritten) until the final world.json replaces this
+    atomic_write_json(out / "world.json", {"version": 1, "complete": False, "settings": cfg.settings()})
     writers: dict[str, Callable[[], SplitStats]] = {
         "teacher": lambda: _write_shards(out, cfg, "teacher", cfg.teacher),
         "pretrain": lambda: _write_shards(out, cfg, "pretrain", cfg.pretrain),
@@ -288,7 +290,7 @@ def generate_world(out_dir: str | Path, cfg: WorldConfig, overwrite: bool = Fals
             on_split(split, split_stats)
     atomic_write_text(out / "vocab.txt", "".join(line + "\n" for line in vocabulary_lines()))
     _write_contact_sheet(out / "contact_sheet.png", cfg)
-    world = {"version": 1, "settings": cfg.settings(), **world_inventory(), "stats": stats}
+    world = {"version": 1, "complete": True, "settings": cfg.settings(), **world_inventory(), "stats": stats}
     atomic_write_json(out / "world.json", world)
     logger.info("synthetic world written to %s", out)
     return stats
