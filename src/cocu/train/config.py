@@ -253,6 +253,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not key or any(not p for p in parts):
         raise ConfigError(f"override {override!r} has an empty key part")
     known = valid_keys()
+    inside = [k for k in known if k.startswith(key + ".")]
+    if inside:
+        raise ConfigError(f"{key} is a section, not a value; set its keys instead: {', '.join(inside)}")
     if key not in known:
         section = ".".join(parts[:-1])
         while section and not any(k.startswith(section + ".") for k in known):
@@ -264,10 +267,12 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}: cannot parse {text!r} as a YAML value ({err})") from err
     node = raw
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])}: expected a mapping of keys, got {child!r}")
         node = child
     node[parts[-1]] = value
 

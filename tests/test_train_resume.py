@@ -1,0 +1,144 @@
+"""The trainer end to end on a hand-made world: outputs, logs, bit-identical resumption, divergence stop."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel, GroupViTModel
+
+from cocu.cli import main
+from cocu.models.bundle import load_bundle
+from cocu.train.checkpoint import checkpoint_dirs
+from cocu.train.config import load_config
+from cocu.train.trainer import TrainingDiverged, train
+from test_train_world import make_world
+
+STEPS = 5
+
+
+def _cfg(world, out, *overrides):
+    return load_config(
+        None,
+        [
+            f"output={out}",
+            f"data.train={world['train']}",
+            f"data.archive={world['archive']}",
+            f"text.vocab={world['vocab']}",
+            "text.mode=cocu",
+            "model.config=groupvit-tiny",
+            "model.bpe_vocab_size=400",
+            "data.num_workers=0",
+            "train.batch_size=4",
+            f"train.max_steps={STEPS}",
+            "train.checkpoint_every=2",
+            "train.log_every=2",
+            "train.threads=1",
+            "optim.lr=1e-3",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), n=16)
+
+
+@pytest.fixture(scope="module")
+def full_run(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return train(_cfg(world, out))
+
+
+def _weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def _last_checkpoint_weights(out):
+    return load_file(str(checkpoint_dirs(out / "checkpoints")[-1] / "weights.safetensors"))
+
+
+def test_run_writes_a_from_pretrained_folder_with_tokenizer_config_and_logs(full_run):
+    out = full_run.out_dir
+    assert full_run.finished and full_run.steps == STEPS and full_run.num_samples == 16
+    assert full_run.steps_per_epoch == 4 and full_run.final_loss is not None
+    model = GroupViTModel.from_pretrained(str(out))
+    assert model.config.vision_config.image_size == 64
+    bundle = load_bundle(out)
+    assert bundle.family == "groupvit" and bundle.preprocess.size == 64
+    assert bundle.tokenizer("a ball").input_ids[0] == bundle.tokenizer.bos_token_id
+    assert (out / "train_config.yaml").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((out / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 5]
+    keys = {"step", "epoch", "loss", "loss_caption", "loss_multilabel", "lr", "logit_scale_caption", "logit_scale_multilabel", "img_per_s"}
+    assert keys <= set(records[0])
+    assert all(r["loss"] == pytest.approx(r["loss_caption"] + r["loss_multilabel"]) for r in records)
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["steps"] == STEPS and result["finished"] is True
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == ["step-00000004", "step-00000005"]
+
+
+def test_stopped_killed_and_resumed_run_ends_with_bit_identical_weights(world, full_run, tmp_path):
+    out = tmp_path / "resumed"
+    first = train(_cfg(world, out, "train.max_steps_this_run=2"))  # a job with a step budget
+    assert not first.finished and first.steps == 2 and not (out / "model.safetensors").exists()
+
+    def kill_at_step_3(info):
+        if info.step == 3:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(world, out), on_step=kill_at_step_3)  # dies between checkpoints 2 and 4
+    last = train(_cfg(world, out))  # resume=auto: from step 2
+    assert last.finished and last.steps_this_run == STEPS - 2
+    expected, got = _weights(full_run.out_dir), _weights(out)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    a, b = _last_checkpoint_weights(full_run.out_dir), _last_checkpoint_weights(out)
+    assert torch.equal(a["loss.multilabel_logit_scale"], b["loss.multilabel_logit_scale"])
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 5]
+
+
+def test_resuming_with_a_different_config_is_refused(world, full_run):
+    with pytest.raises(ValueError, match="optim.lr"):
+        train(_cfg(world, full_run.out_dir, "optim.lr=5e-3"))
+
+
+def test_fresh_start_over_existing_checkpoints_is_refused(world, full_run):
+    with pytest.raises(FileExistsError, match="resume=auto"):
+        train(_cfg(world, full_run.out_dir, "resume=null"))
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path):
+    def poison_after_step_2(info):
+        if info.step == 2:
+            with torch.no_grad():
+                info.module.model.visual_projection[0].weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*checkpoints/step-00000002 is kept"):
+        train(_cfg(world, tmp_path, "train.max_steps=4"), on_step=poison_after_step_2)
+    kept = load_file(str(tmp_path / "checkpoints" / "step-00000002" / "weights.safetensors"))
+    assert all(torch.isfinite(t).all() for t in kept.values())
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_cli_trains_a_clip_with_the_caption_loss_only(world, tmp_path, capsys):
+    out = tmp_path / "clip"
+    args = [
+        "train", "--", f"output={out}", f"data.train={world['train']}", "model.config=clip-tiny", "text.mode=none",
+        "model.bpe_vocab_size=400", "data.num_workers=0", "train.batch_size=4", "train.max_steps=2", "train.threads=1",
+    ]
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    args[1] = str(config)
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["finished"]
+    assert isinstance(CLIPModel.from_pretrained(str(out)), CLIPModel)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss_multilabel"] is None and record["logit_scale_multilabel"] is None
