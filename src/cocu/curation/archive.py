@@ -76,18 +76,28 @@ class PaddedArchive:
 def pad_sorted(
     num_anchors: int, pair_anchor: np.ndarray, pair_concept: np.ndarray, pair_first: np.ndarray, scores: np.ndarray
 ) -> PaddedArchive:
-    """Sort each anchor's pairs by score descending (ties: first appearance) and pad to [b, m]."""
-    order = np.lexsort((pair_first, -scores, pair_anchor))
-    anchor = pair_anchor[order]
+    """Sort each anchor's pairs by score descending (ties: first appearance) and pad to [b, m].
+
+    ``pair_first`` orders the pairs anchor by anchor (it indexes the anchor-major flattened concept lists), so
+    one argsort of it gives every anchor's pairs in order of first appearance; a stable per-row argsort of
+    the negated scores then sorts each row.
+    """
+    first_order = np.argsort(pair_first, kind="stable")  # [p] anchor-major, first appearance
+    anchor = pair_anchor[first_order]
     size = np.bincount(anchor, minlength=num_anchors).astype(np.int64)  # [b]
     starts = np.cumsum(size) - size
-    flat_col = np.arange(order.shape[0], dtype=np.int64) - starts[anchor]
     m = int(size.max(initial=0))
+    key = np.full((num_anchors, m), np.inf, dtype=np.float32)
+    key[anchor, np.arange(anchor.shape[0]) - starts[anchor]] = -scores[first_order]
+    within = np.argsort(key, axis=1, kind="stable")  # [b, m]
+    valid = np.arange(m)[None, :] < size[:, None]  # [b, m]
+    order = first_order[(starts[:, None] + within)[valid]]  # [p] sorted row-major layout -> pair
     concept = np.full((num_anchors, m), -1, dtype=np.int64)
     score = np.full((num_anchors, m), np.nan, dtype=np.float32)
-    concept[anchor, flat_col] = pair_concept[order]
-    score[anchor, flat_col] = scores[order]
-    return PaddedArchive(concept, score, concept >= 0, size, order, flat_col)
+    concept[valid] = pair_concept[order]
+    score[valid] = scores[order]
+    flat_col = np.broadcast_to(np.arange(m, dtype=np.int64), (num_anchors, m))[valid]
+    return PaddedArchive(concept, score, valid, size, order, flat_col)
 
 
 def _list_column(sizes: np.ndarray, values: pa.Array) -> pa.ListArray:

@@ -35,9 +35,10 @@ class ConceptGram:
         """``ids``: int64 [p, m] concept ids (any value where padded). Returns float32 [p, m, m]."""
         safe = np.maximum(ids, 0)
         if self.table is not None:
-            return self.table[safe[:, :, None], safe[:, None, :]]
+            v = self.table.shape[0]
+            return self.table.ravel().take(safe[:, :, None] * v + safe[:, None, :])
         emb = self.concept_emb[safe]  # [p, m, d]
-        return np.einsum("pid,pjd->pij", emb, emb)
+        return np.matmul(emb, emb.transpose(0, 2, 1))
 
 
 def kmeans_gram(gram: np.ndarray, valid: np.ndarray, num_clusters: int, iterations: int = 10) -> np.ndarray:
@@ -127,17 +128,19 @@ def cluster_archives(
 ) -> np.ndarray:
     """Cluster ids for padded archives.
 
-    ``concept_ids``: int64 [b, m] (sorted by score, padding anywhere after the valid prefix); ``valid``:
-    bool [b, m]. Returns int64 [b, m], -1 on padding. Problems are solved ``batch`` at a time, each batch
-    trimmed to its longest archive.
+    ``concept_ids``: int64 [b, m] (sorted by score, padding after the valid prefix); ``valid``: bool [b, m].
+    Returns int64 [b, m], -1 on padding. Archives are solved ``batch`` at a time in order of size, each
+    batch trimmed to its longest archive, so little work goes into padding.
     """
     b, m = concept_ids.shape
     out = np.full((b, m), -1, dtype=np.int64)
+    sizes = valid.sum(axis=1)
+    order = np.argsort(sizes, kind="stable")
     for start in range(0, b, batch):
-        sl = slice(start, start + batch)
-        width = int(valid[sl].sum(axis=1).max(initial=0))
+        rows = order[start : start + batch]
+        width = int(sizes[rows].max(initial=0))
         if width == 0:
             continue
-        ids = concept_ids[sl, :width]
-        out[sl, :width] = kmeans_gram(gram.blocks(ids), valid[sl, :width], num_clusters, iterations)
+        ids = concept_ids[rows, :width]
+        out[rows, :width] = kmeans_gram(gram.blocks(ids), valid[rows, :width], num_clusters, iterations)
     return out

@@ -8,8 +8,9 @@ encoders or text; :mod:`cocu.curation.pipeline` and ``benchmarks/curation.py`` d
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -126,12 +127,21 @@ class Curator:
         )
         self.gram = ConceptGram(self.concept_emb) if params.sampling == "cluster" else None
 
-    def curate_rows(self, rows: np.ndarray, rng: np.random.Generator) -> ChunkResult:
-        """Curate the anchors ``rows`` (int64 [b]); ``rng`` draws the sampled-concept metric."""
+    def neighbors(self, rows: np.ndarray) -> np.ndarray:
+        """int64 [b, k]: the anchors' neighbour rows, nearest first, self excluded (-1 = none)."""
+        queries = np.ascontiguousarray(self.image_emb[rows])  # [b, d]
+        return find_neighbors(self.search, queries, rows, self.params.neighbors)[0]
+
+    def curate_rows(
+        self, rows: np.ndarray, rng: np.random.Generator, neighbor_ids: np.ndarray | None = None
+    ) -> ChunkResult:
+        """Curate the anchors ``rows`` (int64 [b]); ``rng`` draws the sampled-concept metric;
+        ``neighbor_ids``: :meth:`neighbors` of ``rows`` if already searched."""
         p = self.params
         rows = np.asarray(rows, dtype=np.int64)
         queries = np.ascontiguousarray(self.image_emb[rows])  # [b, d]
-        neighbor_ids, _ = find_neighbors(self.search, queries, rows, p.neighbors)  # [b, k]
+        if neighbor_ids is None:
+            neighbor_ids = self.neighbors(rows)
         chunk = expand_chunk(rows, neighbor_ids, self.captions, self.concept_emb.shape[0])
         scores = score_chunk(chunk, queries, self.concept_emb, self.caption_cos, p.ranking)  # [pairs]
         archive = pad_sorted(rows.shape[0], chunk.pair_anchor, chunk.pair_concept, chunk.pair_first, scores)
@@ -143,6 +153,27 @@ class Curator:
         result = ChunkResult(rows, neighbor_ids, archive, clusters)
         result.stats = self._stats(result, chunk.pair_own, rng)
         return result
+
+    def curate_chunks(
+        self, chunks: Iterable[tuple[int, np.ndarray]], seed: int
+    ) -> Iterator[tuple[int, ChunkResult]]:
+        """Curate ``(part, rows)`` chunks in order, searching the next chunk's neighbours in a background
+        thread while this one is ranked, clustered and handed to the caller (faiss releases the GIL, so
+        search and numpy work overlap). Part ``i`` draws its sampled metric with seed ``[seed, i]``."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: tuple[int, np.ndarray, Future] | None = None
+            for part, rows in chunks:
+                rows = np.asarray(rows, dtype=np.int64)
+                ahead = (part, rows, pool.submit(self.neighbors, rows))
+                if pending is not None:
+                    yield pending[0], self._finish(pending, seed)
+                pending = ahead
+            if pending is not None:
+                yield pending[0], self._finish(pending, seed)
+
+    def _finish(self, pending: tuple[int, np.ndarray, Future], seed: int) -> ChunkResult:
+        part, rows, future = pending
+        return self.curate_rows(rows, np.random.default_rng([seed, part]), future.result())
 
     def _stats(self, result: ChunkResult, pair_own: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
         archive, p = result.archive, self.params

@@ -274,16 +274,17 @@ def run_curation_stage(
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
         names = pa.array(vocab.concepts, pa.string())
         progress = tqdm(total=sum(stop - start for _, start, stop in todo), desc="curate", unit="anchor")
-        for i, start, stop in todo:
-            rows = np.arange(start, stop, dtype=np.int64)
-            result = curator.curate_rows(rows, np.random.default_rng([cfg.seed, i]))
+        chunks = ((i, np.arange(start, stop, dtype=np.int64)) for i, start, stop in todo)
+        for i, result in curator.curate_chunks(chunks, cfg.seed):
+            rows = result.rows
             _, _, cap = caption_ids.gather(rows)
             table = archive_table(
                 keys, captions, rows, caption_ids.lengths[rows], cap, result.neighbor_ids,
                 result.archive, result.clusters, names,
             )
-            write_part(part_path(run, i), table, {"id": stage_id, "start": start, "stop": stop, "stats": result.stats})
-            progress.update(stop - start)
+            meta = {"id": stage_id, "start": int(rows[0]), "stop": int(rows[-1]) + 1, "stats": result.stats}
+            write_part(part_path(run, i), table, meta)
+            progress.update(rows.shape[0])
         progress.close()
     ranks.barrier()
     stats = []

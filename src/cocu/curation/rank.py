@@ -27,12 +27,21 @@ RANKINGS: tuple[str, ...] = ("t2v", "t2v-paper", "naive")
 EPS = 1e-6
 
 
-def rowwise_cos(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray, block: int = 65536) -> np.ndarray:
-    """``out[j] = a[a_rows[j]] . b[b_rows[j]]`` (float32 [t]), gathered in blocks to bound memory."""
+def rowwise_cos(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray, block: int = 512) -> np.ndarray:
+    """``out[j] = a[a_rows[j]] . b[b_rows[j]]`` (float32 [t]), gathered in small blocks that stay in cache."""
     out = np.empty(a_rows.shape[0], dtype=np.float32)
     for start in range(0, a_rows.shape[0], block):
         stop = start + block
         out[start:stop] = np.einsum("ij,ij->i", a[a_rows[start:stop]], b[b_rows[start:stop]])
+    return out
+
+
+def segment_max(values: np.ndarray, segment: np.ndarray, num_segments: int) -> np.ndarray:
+    """Max of ``values`` per segment id; ``segment`` must be non-decreasing. Empty segments get -inf."""
+    out = np.full(num_segments, -np.inf)
+    if values.shape[0]:
+        starts = np.flatnonzero(np.concatenate([[True], segment[1:] != segment[:-1]]))
+        out[segment[starts]] = np.maximum.reduceat(values, starts)
     return out
 
 
@@ -71,8 +80,9 @@ def score_chunk(
     s_b = np.where(n_ref == 0, 1.0, (1.0 + n_ref) * own / (own + ref_sum))
     if method == "t2v-paper":
         return (s_a + s_b).astype(np.float32)
-    largest = np.full(chunk.num_anchors, -np.inf)
-    np.maximum.at(largest, chunk.pair_anchor, s_a)
-    np.maximum.at(largest, chunk.pair_anchor[chunk.ref_pair], ref_cos)
+    largest = np.maximum(
+        segment_max(s_a, chunk.pair_anchor, chunk.num_anchors),
+        segment_max(ref_cos, chunk.pair_anchor[chunk.ref_pair], chunk.num_anchors),
+    )  # [b]
     m = np.maximum(largest, EPS)[chunk.pair_anchor]  # [p]
     return (s_a / m + s_b).astype(np.float32)

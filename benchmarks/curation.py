@@ -1,0 +1,239 @@
+"""Benchmark of the curation stage (expand, rank, cluster, write) against a per-anchor loop.
+
+Synthetic embeddings with the clustered structure of CLIP image embeddings: ``--centres`` random unit
+centres (images spread uniformly over them); an image is its centre plus variation in a shared
+``--rank``-dimensional subspace (the within-cluster attributes that make some members nearer than others)
+plus isotropic (uniform, zero-mean) noise, L2-normalised (cosine to its centre about 0.85, to a random member of its cluster
+about 0.7). Each centre has a topic of 6 concepts drawn from a Zipf-like popularity over the ``--vocab``
+concepts; a caption holds 1-5 distinct concepts, each from its centre's topic with probability 0.85 or
+else from the overall popularity. A concept's prompt embedding is the normalised sum of the centres whose
+topic holds it plus a random direction of twice that weight (image-text cosines of about 0.1-0.4).
+
+Measured in one run (``--threads`` faiss/BLAS threads; timings are wall clock on a shared machine):
+
+1. ``--n-exact`` images, exact index (:func:`cocu.curation.index.make_index` kind ``exact``): our
+   batched curation of ``--exact-anchors`` anchors (search, expansion, ranking, clustering, archive part
+   writing) vs. a plain loop written from the paper's equations (one index query per anchor, a Python loop
+   over its concepts) on ``--loop-anchors`` of them; both must give the same scores. Goal: >= 40x.
+2. ``--n-approx`` images, approximate index tuned to recall@k >= 0.95 (kind ``--approx-kind``): anchors/s
+   of our curation over ``--approx-anchors`` anchors (0 = all) end to end, the recall@k of the neighbours
+   it used against exact search on 1000 anchors, and the peak memory. Goal: >= 10,000 anchors/s.
+
+    .venv/bin/python benchmarks/curation.py            # both goals, default sizes (a few minutes)
+    .venv/bin/python benchmarks/curation.py --n-exact 20000 --n-approx 100000   # quick
+
+The last line printed is one JSON object (``speedup_vs_loop``, ``anchors_per_s``, ``recall_at_k``, ``n``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from cocu.curation.archive import archive_table, part_path, write_part
+from cocu.curation.engine import Curator, CurationParams
+from cocu.curation.expand import CaptionConcepts
+from cocu.curation.index import exact_neighbors, faiss_threads, make_index, recall_at_k, search
+from cocu.curation.rank import EPS
+
+TOPIC = 6
+MAX_CAPTION = 5
+
+
+def make_world(n: int, dim: int, centres: int, vocab: int, rank: int, seed: int, block: int = 100_000):
+    """``(images [n, dim], captions CSR, concept_emb [vocab, dim])`` as described in the module docstring."""
+    rng = np.random.default_rng(seed)
+    centre = rng.standard_normal((centres, dim), dtype=np.float32)
+    centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
+    basis = basis.T.astype(np.float32)  # [rank, dim]
+    owner = rng.integers(0, centres, n)
+    images = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        x = centre[owner[start : start + m]]
+        x += (0.5 / np.sqrt(rank)) * rng.standard_normal((m, rank), dtype=np.float32) @ basis
+        noise = rng.random((m, dim), dtype=np.float32)  # uniform, variance 1/12 (cheaper than Gaussian)
+        x += (0.3 * np.sqrt(12.0 / dim)) * (noise - 0.5)
+        images[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    popularity = 1.0 / np.arange(1, vocab + 1) ** 0.8
+    popularity /= popularity.sum()
+    topics = np.stack([rng.choice(vocab, size=TOPIC, replace=False, p=popularity) for _ in range(centres)])
+    concept_emb = np.zeros((vocab, dim), dtype=np.float32)
+    np.add.at(concept_emb, topics.reshape(-1), np.repeat(centre, TOPIC, axis=0))
+    weight = np.maximum(np.linalg.norm(concept_emb, axis=1, keepdims=True), 1.0)
+    noise = rng.standard_normal((vocab, dim), dtype=np.float32)
+    concept_emb += 2.0 * weight * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    concept_emb /= np.linalg.norm(concept_emb, axis=1, keepdims=True)
+
+    count = np.minimum(1 + rng.poisson(1.5, n), MAX_CAPTION)  # [n]
+    from_topic = topics[owner[:, None], rng.integers(0, TOPIC, (n, MAX_CAPTION))]
+    ids = np.where(rng.random((n, MAX_CAPTION)) < 0.85, from_topic, rng.choice(vocab, (n, MAX_CAPTION), p=popularity))
+    ids = np.sort(np.where(np.arange(MAX_CAPTION)[None, :] < count[:, None], ids, vocab), axis=1)
+    keep = ids < vocab
+    keep[:, 1:] &= ids[:, 1:] != ids[:, :-1]  # a repeated draw counts once
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    captions = CaptionConcepts(indptr, ids[keep].astype(np.int32))
+    return images, captions, concept_emb
+
+
+def loop_scores(index, images, captions, concept_emb, anchor: int, k: int) -> dict[int, float]:
+    """The t2v scores of one anchor, written directly from eq. 6-8 (authors' normalisation s_a / m + s_b)."""
+    _, found = index.search(images[anchor : anchor + 1], k + 1)
+    neighbours = [int(j) for j in found[0] if j != anchor and j >= 0][:k]
+    caption_sets = {j: set(captions.row(j).tolist()) for j in neighbours}
+    archive = list(dict.fromkeys(captions.row(anchor).tolist() + [c for j in neighbours for c in caption_sets[j]]))
+    s_a, refs = {}, {}
+    largest = -np.inf
+    for c in archive:
+        s_a[c] = float(np.dot(concept_emb[c], images[anchor]))
+        refs[c] = [float(np.dot(concept_emb[c], images[j])) for j in neighbours if c in caption_sets[j]]
+        largest = max([largest, s_a[c], *refs[c]])
+    m = max(largest, EPS)
+    scores = {}
+    for c in archive:
+        own = max(s_a[c], EPS)
+        s_b = 1.0 if not refs[c] else (1 + len(refs[c])) * own / (own + sum(max(r, EPS) for r in refs[c]))
+        scores[c] = s_a[c] / m + s_b
+    return scores
+
+
+def curate_timed(curator: Curator, anchors: np.ndarray, chunk: int, out: Path, n: int, vocab: int) -> tuple[float, list]:
+    """Curate ``anchors`` in chunks and write each archive part; returns (seconds, results)."""
+    keys = pa.array([f"{i:08d}" for i in range(n)], pa.string())
+    captions = pa.array([""] * n, pa.string())
+    names = pa.array([f"c{i}" for i in range(vocab)], pa.string())
+    results = []
+    start = time.perf_counter()
+    chunks = ((part, anchors[lo : lo + chunk]) for part, lo in enumerate(range(0, len(anchors), chunk)))
+    for part, result in curator.curate_chunks(chunks, seed=0):
+        rows = result.rows
+        _, _, cap = curator.captions.gather(rows)
+        table = archive_table(keys, captions, rows, curator.captions.lengths[rows], cap, result.neighbor_ids,
+                              result.archive, result.clusters, names)
+        write_part(part_path(out, part), table, {"start": int(rows[0]), "stop": int(rows[-1]) + 1})
+        results.append(result)
+    return time.perf_counter() - start, results
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def exact_goal(args, out: Path) -> dict:
+    t0 = time.perf_counter()
+    images, captions, concept_emb = make_world(args.n_exact, args.dim, args.centres, args.vocab, args.rank, args.seed)
+    print(f"[exact] world {args.n_exact} x {args.dim} in {time.perf_counter() - t0:.1f} s; "
+          f"{captions.indices.shape[0] / args.n_exact:.2f} concepts per caption", flush=True)
+    index, _ = make_index(images, kind="exact", threads=args.threads)
+    params = CurationParams(neighbors=args.neighbors, labels=args.labels)
+    with faiss_threads(args.threads):
+        rng = np.random.default_rng(args.seed + 1)
+        anchors = np.sort(rng.choice(args.n_exact, size=min(args.exact_anchors, args.n_exact), replace=False))
+        curator = Curator(images, captions, concept_emb, lambda q, k: search(index, q, k), params)
+        ours_s, results = curate_timed(curator, anchors, args.chunk, out / "exact", args.n_exact, args.vocab)
+        loop_anchors = anchors[:: max(1, len(anchors) // args.loop_anchors)][: args.loop_anchors]
+        start = time.perf_counter()
+        reference = {int(a): loop_scores(index, images, captions, concept_emb, int(a), args.neighbors) for a in loop_anchors}
+        loop_s = time.perf_counter() - start
+    position = {int(a): i for i, a in enumerate(anchors)}
+    worst = 0.0
+    for a, expected in reference.items():
+        chunk_i, local = divmod(position[a], args.chunk)
+        arch = results[chunk_i].archive
+        got = {int(c): float(s) for c, s in zip(arch.concept[local][arch.valid[local]], arch.score[local][arch.valid[local]])}
+        assert got.keys() == expected.keys(), f"anchor {a}: archive {sorted(got)} != loop {sorted(expected)}"
+        for c, value in expected.items():
+            assert abs(got[c] - value) <= 1e-4 * max(1.0, abs(value)), f"anchor {a} concept {c}: {got[c]} != {value}"
+            worst = max(worst, abs(got[c] - value))
+    ours_per, loop_per = ours_s / len(anchors), loop_s / len(loop_anchors)
+    speedup = loop_per / ours_per
+    print(f"[exact] ours: {len(anchors)} anchors in {ours_s:.1f} s ({1 / ours_per:.0f}/s); loop: {len(loop_anchors)} "
+          f"anchors in {loop_s:.1f} s ({1 / loop_per:.1f}/s); speedup {speedup:.1f}x; scores agree (max |diff| "
+          f"{worst:.2e})", flush=True)
+    return {"n": args.n_exact, "anchors": len(anchors), "loop_anchors": len(loop_anchors), "ours_s": round(ours_s, 2),
+            "loop_s": round(loop_s, 2), "anchors_per_s": round(1 / ours_per, 1), "loop_anchors_per_s": round(1 / loop_per, 2),
+            "speedup_vs_loop": round(speedup, 1), "max_score_diff": worst}
+
+
+def approx_goal(args, out: Path) -> dict:
+    t0 = time.perf_counter()
+    images, captions, concept_emb = make_world(args.n_approx, args.dim, args.centres, args.vocab, args.rank, args.seed)
+    print(f"[approx] world {args.n_approx} x {args.dim} in {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    index, info = make_index(images, kind=args.approx_kind, k_check=args.neighbors, threads=args.threads, seed=args.seed)
+    build_s = time.perf_counter() - t0
+    print(f"[approx] index {info.kind} {info.params} built and tuned in {build_s:.1f} s: recall@{args.neighbors} "
+          f"{info.recall_at_k}, {info.queries_per_second} queries/s", flush=True)
+    params = CurationParams(neighbors=args.neighbors, labels=args.labels)
+    count = args.n_approx if args.approx_anchors <= 0 else min(args.approx_anchors, args.n_approx)
+    anchors = np.arange(count, dtype=np.int64)
+    with faiss_threads(args.threads):
+        t0 = time.perf_counter()
+        curator = Curator(images, captions, concept_emb, lambda q, k: search(index, q, k), params)
+        setup_s = time.perf_counter() - t0
+        ours_s, results = curate_timed(curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab)
+        check = np.random.default_rng(args.seed + 2).choice(count, size=min(1000, count), replace=False)
+        _, truth = exact_neighbors(images, images[check], args.neighbors + 1)
+    found = np.concatenate([r.neighbor_ids for r in results])[check]
+    truth = np.stack([row[row != a][: args.neighbors] for row, a in zip(truth, check)])
+    recall = recall_at_k(found, truth, args.neighbors)
+    rate = count / (ours_s + setup_s)
+    print(f"[approx] ours: {count} anchors in {ours_s:.1f} s + {setup_s:.1f} s setup ({rate:.0f} anchors/s); "
+          f"recall@{args.neighbors} of the neighbours used {recall:.4f}; peak RSS {peak_rss_mb():.0f} MiB", flush=True)
+    return {"n": args.n_approx, "anchors": count, "ours_s": round(ours_s, 2), "setup_s": round(setup_s, 2),
+            "anchors_per_s": round(rate, 1), "recall_at_k": round(recall, 4), "index": info.to_dict(),
+            "index_build_s": round(build_s, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-exact", type=int, default=200_000, help="images of goal 1 (exact index)")
+    p.add_argument("--exact-anchors", type=int, default=8192, help="anchors our curation times in goal 1")
+    p.add_argument("--loop-anchors", type=int, default=300, help="anchors the per-anchor loop times in goal 1")
+    p.add_argument("--n-approx", type=int, default=1_000_000, help="images of goal 2 (approximate index); 0 = skip")
+    p.add_argument("--approx-anchors", type=int, default=0, help="anchors timed in goal 2 (0 = all)")
+    p.add_argument("--approx-kind", default="ivfpq", help="index kind of goal 2 (make_index kinds)")
+    p.add_argument("--dim", type=int, default=512, help="embedding dimension (512 = ViT-B/16)")
+    p.add_argument("--centres", type=int, default=3000)
+    p.add_argument("--rank", type=int, default=32, help="dimension of the within-cluster variation")
+    p.add_argument("--vocab", type=int, default=1500, help="concepts")
+    p.add_argument("--neighbors", type=int, default=8)
+    p.add_argument("--labels", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=8192, help="anchors per archive part")
+    p.add_argument("--threads", type=int, default=2, help="faiss threads")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    report: dict = {"dim": args.dim, "k": args.neighbors, "threads": args.threads}
+    with tempfile.TemporaryDirectory(prefix="cocu-bench-") as tmp:
+        if args.n_exact > 0:
+            report["exact"] = exact_goal(args, Path(tmp))
+        if args.n_approx > 0:
+            report["approx"] = approx_goal(args, Path(tmp))
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    report["speedup_vs_loop"] = report.get("exact", {}).get("speedup_vs_loop")
+    main_run = report.get("approx") or report.get("exact", {})
+    report["anchors_per_s"] = main_run.get("anchors_per_s")
+    report["recall_at_k"] = report.get("approx", {}).get("recall_at_k", 1.0 if "exact" in report else None)
+    report["n"] = main_run.get("n")
+    report["goals"] = {
+        "speedup_vs_loop>=40": report["speedup_vs_loop"] is not None and report["speedup_vs_loop"] >= 40,
+        "anchors_per_s>=10000": "approx" in report and report["anchors_per_s"] >= 10_000,
+        "recall_at_k>=0.95": "approx" in report and report["recall_at_k"] >= 0.95,
+    }
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
