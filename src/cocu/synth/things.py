@@ -70,7 +70,8 @@ class _Local:
         sign = 1.0 if area >= 0 else -1.0
         inside = None
         for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1]):
-            side = ((x2 - x1) * (self.v - y1) - (y2 - y1) * (self.u - x1)) * sign >= 0
+            # the pixel is on the inner side of edge (x1,y1)->(x2,y2); row and column terms are separable
+            side = (sign * (x2 - x1)) * (self.v - y1) >= (sign * (y2 - y1)) * (self.u - x1)
             inside = side if inside is None else inside & side
         return inside
 
