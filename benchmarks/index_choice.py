@@ -1,0 +1,101 @@
+"""Measure FAISS index kinds for curation's image-to-image expansion: build time, recall@k, queries/s.
+
+Data: ``--n`` L2-normalised ``--dim``-d vectors around ``--centres`` random unit centres with Gaussian
+noise (``--noise`` = noise norm / centre norm; 0.75 puts two members of a cluster at cosine ~0.64, a
+member and its centre at ~0.8). Queries are database rows, as in curation (each anchor looks up its
+own neighbours). For every kind, :func:`cocu.curation.index.make_index` trains, fills and tunes the
+index to ``--target`` recall@k on ``--check`` rows (the query row itself left out); then the tuned
+index answers ``--queries`` rows with ``--threads`` faiss threads and the throughput is measured, both
+by the wall clock and per busy core (queries / (process CPU seconds / threads): what ``--threads``
+dedicated cores would do on a machine shared with other work).
+
+    .venv/bin/python benchmarks/index_choice.py --n 1000000 --dim 512 --threads 2
+
+Prints one line per kind and, last, one JSON line with every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+
+from cocu.curation.index import exact_neighbors, faiss_threads, make_index, recall_at_k, search
+
+
+def clustered(n: int, dim: int, centres: int, noise: float, seed: int, chunk: int = 100_000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim), dtype=np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        block = c[rng.integers(0, centres, m)] + (noise / np.sqrt(dim)) * rng.standard_normal((m, dim), dtype=np.float32)
+        x[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--centres", type=int, default=3000)
+    p.add_argument("--noise", type=float, default=0.75)
+    p.add_argument("--k", type=int, default=8, help="recall@k (the expansion's N)")
+    p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--check", type=int, default=1000, help="rows of the recall check / tuning")
+    p.add_argument("--queries", type=int, default=20_000, help="rows of the throughput measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kinds", default="ivf,ivfsq,ivfpq,hnsw")
+    p.add_argument("--nlist", type=int, help="lists of the IVF kinds (default: make_index's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+
+    t0 = time.perf_counter()
+    x = clustered(args.n, args.dim, args.centres, args.noise, args.seed)
+    print(f"data: {args.n} x {args.dim}, {args.centres} centres, noise {args.noise} ({time.perf_counter() - t0:.1f} s)")
+    rng = np.random.default_rng(args.seed + 1)
+    q_ids = np.sort(rng.choice(args.n, size=min(args.queries, args.n), replace=False))
+    eval_ids = q_ids[: min(args.check, len(q_ids))]
+    results: dict[str, dict] = {}
+    with faiss_threads(args.threads):
+        start = time.perf_counter()
+        _, truth = exact_neighbors(x, x[eval_ids], args.k + 1)
+        exact_qps = len(eval_ids) / (time.perf_counter() - start)
+        results["exact"] = {"queries_per_second": round(exact_qps, 1), "recall": 1.0, "build_s": 0.0}
+        print(f"exact: {exact_qps:.0f} q/s (brute force over {args.n}; {len(eval_ids)} rows)")
+    for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
+        start = time.perf_counter()
+        index, info = make_index(
+            x, kind=kind, k_check=args.k, n_check=args.check, target_recall=args.target, nlist=args.nlist,
+            threads=args.threads, seed=args.seed,
+        )
+        build_s = time.perf_counter() - start
+        with faiss_threads(args.threads):
+            search(index, x[q_ids[:500]], args.k + 1)  # warm-up
+            start, cpu_start = time.perf_counter(), time.process_time()
+            _, found = search(index, x[q_ids], args.k + 1)
+            qps = len(q_ids) / (time.perf_counter() - start)
+            cpu_qps = len(q_ids) / max((time.process_time() - cpu_start) / args.threads, 1e-9)
+        recall = recall_at_k(found[: len(eval_ids)], truth, args.k, eval_ids)
+        results[kind] = {
+            "build_s": round(build_s, 1),
+            "recall": round(recall, 4),
+            "queries_per_second": round(qps, 1),
+            "queries_per_second_cpu": round(cpu_qps, 1),
+            "params": info.params,
+        }
+        print(f"{kind}: build {build_s:.1f} s, recall@{args.k} {recall:.4f}, {qps:.0f} q/s wall, {cpu_qps:.0f} q/s "
+              f"per {args.threads} busy core(s), {info.params}")
+        del index
+    print(json.dumps({"n": args.n, "dim": args.dim, "centres": args.centres, "noise": args.noise, "k": args.k,
+                      "threads": args.threads, "target": args.target, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
