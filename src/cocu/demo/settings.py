@@ -1,0 +1,174 @@
+"""What the demo runs: the ablation rows of the paper's table 3 and the budgets of every stage.
+
+The demo is the paper's experiment in miniature on the synthetic semantic-gap world (``cocu.synth``):
+a small CLIP trained on the world's teacher split plays the frozen foundation model, the pretrain split
+is curated once per ablation row, ``groupvit-tiny`` is pre-trained on each row's concepts with the same
+budget and seed, and every model is evaluated zero-shot on the world's val (segmentation) and classify
+(classification) splits. Two presets: :func:`full_settings` (the default, tens of minutes on a laptop
+CPU) and :func:`quick_settings` (a smoke run of every stage with tiny budgets, no quality claim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+CAPTION = "caption"
+ARCHIVE = "archive"
+TRUTH = "truth"
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of the paper's table 3 (plus the oracle trained on each image's true concepts).
+
+    ``concepts`` says what the model is trained on: the caption's own concepts (``caption``), a curated
+    concept archive (``archive``) or the true concepts of each image (``truth``). ``expansion``,
+    ``ranking`` and ``sampling`` are the curation choices (``None`` where the row does not curate).
+    """
+
+    name: str
+    title: str
+    concepts: str
+    expansion: str | None = None
+    ranking: str | None = None
+    sampling: str | None = None
+    in_quick: bool = False
+
+    @property
+    def curated(self) -> bool:
+        return self.concepts == ARCHIVE
+
+
+ROWS: tuple[AblationRow, ...] = (
+    AblationRow("baseline", "Baseline (GroupViT): caption concepts only", CAPTION, sampling="naive", in_quick=True),
+    AblationRow("lang", "#1 language-driven expansion + naive ranking + naive sampling", ARCHIVE, "lang", "naive", "naive"),
+    AblationRow("vision", "#2 vision-driven expansion + naive ranking + naive sampling", ARCHIVE, "vision", "naive", "naive"),
+    AblationRow("vision-t2v", "#3 + text-to-vision-guided ranking", ARCHIVE, "vision", "t2v", "naive"),
+    AblationRow("cocu", "#4 + cluster-guided sampling (full CoCu)", ARCHIVE, "vision", "t2v", "cluster", in_quick=True),
+    AblationRow("oracle", "Oracle: the true concepts of every image", TRUTH, sampling="naive", in_quick=True),
+)
+ROW_NAMES: tuple[str, ...] = tuple(r.name for r in ROWS)
+
+
+def row(name: str) -> AblationRow:
+    for r in ROWS:
+        if r.name == name:
+            return r
+    raise KeyError(f"unknown ablation row {name!r}; expected one of {', '.join(ROW_NAMES)}")
+
+
+@dataclass(frozen=True)
+class WorldBudget:
+    """Split sizes and image size of the synthetic world (passed to ``cocu.synth.world.WorldConfig``).
+
+    ``classify`` is images per thing class; the other splits are image counts.
+    """
+
+    size: int = 64
+    teacher: int = 3000
+    pretrain: int = 3000
+    val: int = 100
+    classify: int = 10
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """Steps, batch size and learning rate of one training run (passed as ``load_config`` overrides)."""
+
+    steps: int
+    batch_size: int
+    lr: float | None = None
+    warmup_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything the demo's result depends on; each stage fingerprints the part it uses.
+
+    Every GroupViT row trains from the one ``groupvit_config`` (so all rows share its budget and
+    optimiser); the demo overrides only the row's text mode, archive and sampling, the output, the seed
+    and the budget given here. ``threads``: torch (and faiss) threads for every stage (``None``: the
+    libraries' default). One thread plus one data-loading worker process is the fastest on a 2-core
+    machine, and far faster than two threads when other work shares the cores (OpenMP threads then spin).
+    ``num_workers``: data-loading worker processes of every training run.
+    """
+
+    out: Path
+    quick: bool = False
+    seeds: tuple[int, ...] = (0,)
+    world: WorldBudget = field(default_factory=WorldBudget)
+    clip: TrainBudget = field(default_factory=lambda: TrainBudget(steps=1500, batch_size=64))
+    groupvit: TrainBudget = field(default_factory=lambda: TrainBudget(steps=1200, batch_size=64))
+    clip_config: str = "configs/train/clip_tiny_synth.yaml"
+    groupvit_config: str = "configs/train/groupvit_tiny_synth_cocu.yaml"
+    train_rows: tuple[str, ...] = ROW_NAMES
+    num_labels: int = 3
+    neighbors: int = 8
+    gallery: int = 8
+    overlays: int = 4
+    threads: int | None = 1
+    num_workers: int = 1
+    force: bool = False
+
+    @property
+    def seed(self) -> int:
+        """The base seed: the world, the CLIP and the curation use it; training repeats per seed."""
+        return self.seeds[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"] = str(self.out)
+        out["seeds"] = list(self.seeds)
+        out["train_rows"] = list(self.train_rows)
+        return out
+
+
+def full_settings(out: str | Path) -> DemoSettings:
+    """The default demo: every ablation row trained; about half an hour on a 2-core laptop CPU."""
+    return DemoSettings(out=Path(out))
+
+
+def quick_settings(out: str | Path) -> DemoSettings:
+    """A smoke run of every stage: a tiny world, tiny budgets, baseline + CoCu + oracle trained."""
+    return DemoSettings(
+        out=Path(out),
+        quick=True,
+        world=WorldBudget(size=64, teacher=200, pretrain=200, val=16, classify=2),
+        clip=TrainBudget(steps=30, batch_size=32),
+        groupvit=TrainBudget(steps=20, batch_size=32),
+        train_rows=tuple(r.name for r in ROWS if r.in_quick),
+        gallery=4,
+        overlays=2,
+    )
+
+
+def with_overrides(settings: DemoSettings, **changes: Any) -> DemoSettings:
+    """Copy ``settings`` with the given fields replaced, skipping ``None`` values; validates the result."""
+    kept = {k: v for k, v in changes.items() if v is not None}
+    out = replace(settings, **kept)
+    validate(out)
+    return out
+
+
+def validate(settings: DemoSettings) -> None:
+    if not settings.seeds:
+        raise ValueError("at least one seed is needed")
+    if len(set(settings.seeds)) != len(settings.seeds):
+        raise ValueError(f"repeated seeds in {list(settings.seeds)}")
+    unknown = [n for n in settings.train_rows if n not in ROW_NAMES]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; expected some of {', '.join(ROW_NAMES)}")
+    for name, budget in (("clip", settings.clip), ("groupvit", settings.groupvit)):
+        if budget.steps < 1 or budget.batch_size < 2:
+            raise ValueError(f"{name}: need steps >= 1 and batch_size >= 2 (contrastive), got {budget}")
+    w = settings.world
+    if min(w.teacher, w.pretrain, w.val, w.classify) < 1:
+        raise ValueError(f"every world split needs at least one image, got {w}")
+    if settings.threads is not None and settings.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {settings.threads}")
+    if settings.num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {settings.num_workers}")
+    if settings.num_labels < 1 or settings.neighbors < 1:
+        raise ValueError("num_labels and neighbors must be >= 1")
