@@ -116,3 +116,22 @@ def test_loading_a_missing_folder_names_it(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not-there"):
         load_bundle(tmp_path / "not-there")
+
+
+def test_atomic_write_leaves_ordinary_permissions_and_no_temp_on_error(tmp_path):
+    import os
+
+    import pytest
+
+    from cocu.utils.atomic import atomic_path, atomic_write_json
+
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "broken.bin") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("stop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
