@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from cocu.data.skips import SkipCounter
@@ -13,8 +12,6 @@ from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.seg_eval import SegEvalOptions, evaluate_segmentation
 from cocu.models.bundle import load_bundle
 from cocu.utils.atomic import atomic_write_json
-
-logger = logging.getLogger(__name__)
 
 
 def _positive_int(text: str) -> int:

@@ -95,6 +95,7 @@ def open_image_folder(root: str | Path, classnames: Sequence[str] | None = None)
     items = [group[i] for i in range(max(len(g) for g in per_class)) for group in per_class if i < len(group)]
     if not items:
         raise FileNotFoundError(f"{base}: no images in the class folders")
+    logger.info("%s: %d images in %d class folders, %d classes", base, len(items), len(folders), len(names))
     return ImageFolder(class_names=names, items=items)
 
 

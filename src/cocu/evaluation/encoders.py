@@ -8,7 +8,6 @@ published transformers checkpoint (``nvidia/groupvit-gcc-yfcc``). Text goes thro
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,8 +17,6 @@ from tqdm import tqdm
 
 from cocu.evaluation.protocol import pixel_group_assignment
 from cocu.models.bundle import ModelBundle
-
-logger = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = 100.0
 
