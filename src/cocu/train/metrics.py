@@ -3,7 +3,9 @@
 Each JSONL record has ``step``, ``epoch``, ``loss``, ``loss_caption``, ``loss_multilabel`` (``null``
 without prompt texts; losses are means over the steps since the previous record), ``lr``,
 ``logit_scale_caption``, ``logit_scale_multilabel`` (the clamped ``1 / tau``), ``img_per_s`` (global
-images per second over those steps) and ``time_s`` (seconds since the run, or its resumption, started).
+images per second over those steps), ``data_wait_s`` (mean seconds per step the training loop waited
+for the data loader; near 0 when loading keeps up) and ``time_s`` (seconds since the run, or its
+resumption, started).
 A resumed run first drops the records after its checkpoint's step, so the file reads as one run.
 """
 

@@ -247,10 +247,12 @@ class _Window:
         self.reset()
 
     def reset(self) -> None:
-        self.steps, self.loss, self.caption, self.multilabel, self.start = 0, 0.0, 0.0, 0.0, time.perf_counter()
+        self.steps, self.loss, self.caption, self.multilabel = 0, 0.0, 0.0, 0.0
+        self.data_wait, self.start = 0.0, time.perf_counter()
 
-    def add(self, out: LossOutput) -> None:
+    def add(self, out: LossOutput, data_wait: float) -> None:
         self.steps += 1
+        self.data_wait += data_wait
         self.loss += float(out.total.detach())
         self.caption += float(out.caption.detach())
         self.multilabel += float(out.multilabel.detach()) if out.multilabel is not None else math.nan
@@ -333,7 +335,13 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
     run_start = time.perf_counter()
     try:
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            waited = time.perf_counter() - waited
             epoch = step // steps_per_epoch
             for reason, key, source, detail in batch.skipped:
                 skips.add(reason, key, source, detail)
@@ -357,7 +365,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
             average_buffers(module, ctx)
             step += 1
             last_loss = loss_value
-            window.add(out_loss)
+            window.add(out_loss, waited)
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == end:
                 _log(metrics, window, step, epoch, lr, module, cfg.train.batch_size, bar, run_start)
@@ -437,6 +445,7 @@ def _log(
             "logit_scale_caption": cap,
             "logit_scale_multilabel": ml,
             "img_per_s": n * batch_size / elapsed if elapsed > 0 else None,
+            "data_wait_s": window.data_wait / n,
             "time_s": time.perf_counter() - run_start,
         }
         metrics.log(record)
