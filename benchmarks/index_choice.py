@@ -33,7 +33,8 @@ def clustered(n: int, dim: int, centres: int, noise: float, seed: int, chunk: in
     x = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        block = c[rng.integers(0, centres, m)] + (noise / np.sqrt(dim)) * rng.standard_normal((m, dim), dtype=np.float32)
+        noise_rows = (noise / np.sqrt(dim)) * rng.standard_normal((m, dim), dtype=np.float32)
+        block = c[rng.integers(0, centres, m)] + noise_rows
         x[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return x
 

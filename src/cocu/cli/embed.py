@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", help="webdataset shards (brace pattern, folder, .tar) or a captions file")
     p.add_argument("--encoder", required=True,
-                   help="CLIP: a local folder, a cached hub name (openai/clip-vit-base-patch16) or random:clip-tiny[@SEED]")
+                   help="CLIP: a local folder, a cached hub name (openai/clip-vit-base-patch16) or "
+                   "random:clip-tiny[@SEED]")
     p.add_argument("--out", required=True, help="embedding folder (RUN/emb)")
     p.add_argument("--batch-size", type=int, default=256, help="samples encoded at once (default 256)")
     p.add_argument("--rows-per-part", type=int, default=100_000, help="rows per part file (default 100000)")

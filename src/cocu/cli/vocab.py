@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--encoder", required=True,
-                   help="CLIP: a local folder, a cached hub name (openai/clip-vit-base-patch16) or random:clip-tiny[@SEED]")
+                   help="CLIP: a local folder, a cached hub name (openai/clip-vit-base-patch16) or "
+                   "random:clip-tiny[@SEED]")
     p.add_argument("--out", required=True, help="vocabulary folder (RUN/vocab)")
     p.add_argument("--vocab", help="vocabulary file (default: the benchmark class names)")
     p.add_argument("--batch-size", type=int, default=256, help="prompts encoded at once (default 256)")

@@ -311,7 +311,8 @@ def embed_dataset(
     )
     atomic_write_json(
         out / INFO_FILE,
-        {"encoder": encoder.spec, "dim": encoder.dim, "dtype": dtype, "rows_per_part": rows_per_part, **result.summary()},
+        {"encoder": encoder.spec, "dim": encoder.dim, "dtype": dtype, "rows_per_part": rows_per_part,
+         **result.summary()},
     )
     return result
 
@@ -375,7 +376,9 @@ def load_embeddings(emb_dir: str | Path) -> Embeddings:
                     "damaged: delete its three files and rerun `cocu embed`"
                 )
         if text.shape[1] != image.shape[1] or (images and image.shape[1] != images[0].shape[1]):
-            raise ValueError(f"{files[0]} / {files[1]}: dimension {image.shape[1]}/{text.shape[1]} disagrees with the other parts")
+            raise ValueError(
+                f"{files[0]} / {files[1]}: dimension {image.shape[1]}/{text.shape[1]} disagrees with the other parts"
+            )
         images.append(image)
         texts.append(text)
         keys.extend(str(k) for k in table.column("image_path").to_pylist())

@@ -72,7 +72,8 @@ class FrozenClip:
         with torch.inference_mode():
             for start in range(0, pixels.shape[0], self.batch_size):
                 batch = pixels[start : start + self.batch_size].to(self.device)  # [b,3,H,W]
-                out[start : start + batch.shape[0]] = _normalised(_features(self.model.get_image_features(pixel_values=batch)))
+                feats = self.model.get_image_features(pixel_values=batch)
+                out[start : start + batch.shape[0]] = _normalised(_features(feats))
         return out
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
