@@ -108,13 +108,15 @@ def loop_scores(index, images, captions, concept_emb, anchor: int, k: int) -> di
     return scores
 
 
-def curate_timed(curator: Curator, anchors: np.ndarray, chunk: int, out: Path, n: int, vocab: int) -> tuple[float, list]:
-    """Curate ``anchors`` in chunks and write each archive part; returns (seconds, results)."""
+def curate_timed(
+    curator: Curator, anchors: np.ndarray, chunk: int, out: Path, n: int, vocab: int
+) -> tuple[float, float, list]:
+    """Curate ``anchors`` in chunks and write each archive part; returns (wall s, process CPU s, results)."""
     keys = pa.array([f"{i:08d}" for i in range(n)], pa.string())
     captions = pa.array([""] * n, pa.string())
     names = pa.array([f"c{i}" for i in range(vocab)], pa.string())
     results = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     chunks = ((part, anchors[lo : lo + chunk]) for part, lo in enumerate(range(0, len(anchors), chunk)))
     for part, result in curator.curate_chunks(chunks, seed=0):
         rows = result.rows
@@ -123,7 +125,15 @@ def curate_timed(curator: Curator, anchors: np.ndarray, chunk: int, out: Path, n
                               result.archive, result.clusters, names)
         write_part(part_path(out, part), table, {"start": int(rows[0]), "stop": int(rows[-1]) + 1})
         results.append(result)
-    return time.perf_counter() - start, results
+    return time.perf_counter() - start, time.process_time() - cpu, results
+
+
+def time_search(curator: Curator, anchors: np.ndarray, chunk: int) -> tuple[float, float]:
+    """(wall s, process CPU s) per anchor of the neighbour search alone (no prefetch thread)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for lo in range(0, len(anchors), chunk):
+        curator.neighbors(anchors[lo : lo + chunk])
+    return (time.perf_counter() - start) / len(anchors), (time.process_time() - cpu) / len(anchors)
 
 
 def peak_rss_mb() -> float:
@@ -141,11 +151,12 @@ def exact_goal(args, out: Path) -> dict:
         rng = np.random.default_rng(args.seed + 1)
         anchors = np.sort(rng.choice(args.n_exact, size=min(args.exact_anchors, args.n_exact), replace=False))
         curator = Curator(images, captions, concept_emb, lambda q, k: search(index, q, k), params)
-        ours_s, results = curate_timed(curator, anchors, args.chunk, out / "exact", args.n_exact, args.vocab)
+        ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "exact", args.n_exact, args.vocab)
+        search_wall, search_cpu = time_search(curator, anchors[: args.chunk], args.chunk)
         loop_anchors = anchors[:: max(1, len(anchors) // args.loop_anchors)][: args.loop_anchors]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         reference = {int(a): loop_scores(index, images, captions, concept_emb, int(a), args.neighbors) for a in loop_anchors}
-        loop_s = time.perf_counter() - start
+        loop_s, loop_cpu = time.perf_counter() - start, time.process_time() - cpu
     position = {int(a): i for i, a in enumerate(anchors)}
     worst = 0.0
     for a, expected in reference.items():
@@ -158,12 +169,18 @@ def exact_goal(args, out: Path) -> dict:
             worst = max(worst, abs(got[c] - value))
     ours_per, loop_per = ours_s / len(anchors), loop_s / len(loop_anchors)
     speedup = loop_per / ours_per
-    print(f"[exact] ours: {len(anchors)} anchors in {ours_s:.1f} s ({1 / ours_per:.0f}/s); loop: {len(loop_anchors)} "
-          f"anchors in {loop_s:.1f} s ({1 / loop_per:.1f}/s); speedup {speedup:.1f}x; scores agree (max |diff| "
-          f"{worst:.2e})", flush=True)
+    cpu_speedup = (loop_cpu / len(loop_anchors)) / (ours_cpu / len(anchors))
+    print(f"[exact] ours: {len(anchors)} anchors in {ours_s:.1f} s wall / {ours_cpu:.1f} s CPU ({1 / ours_per:.0f}/s); "
+          f"loop: {len(loop_anchors)} anchors in {loop_s:.1f} s wall / {loop_cpu:.1f} s CPU ({1 / loop_per:.1f}/s); "
+          f"speedup {speedup:.1f}x wall, {cpu_speedup:.1f}x CPU; scores agree (max |diff| {worst:.2e})", flush=True)
+    print(f"[exact] batched exact search alone: {search_wall * 1e3:.2f} ms wall, {search_cpu * 1e3:.2f} ms CPU per "
+          f"anchor ({100 * search_cpu / (ours_cpu / len(anchors)):.0f}% of our CPU)", flush=True)
     return {"n": args.n_exact, "anchors": len(anchors), "loop_anchors": len(loop_anchors), "ours_s": round(ours_s, 2),
-            "loop_s": round(loop_s, 2), "anchors_per_s": round(1 / ours_per, 1), "loop_anchors_per_s": round(1 / loop_per, 2),
-            "speedup_vs_loop": round(speedup, 1), "max_score_diff": worst}
+            "ours_cpu_s": round(ours_cpu, 2), "loop_s": round(loop_s, 2), "loop_cpu_s": round(loop_cpu, 2),
+            "anchors_per_s": round(1 / ours_per, 1), "loop_anchors_per_s": round(1 / loop_per, 2),
+            "speedup_vs_loop": round(speedup, 1), "speedup_vs_loop_cpu": round(cpu_speedup, 1),
+            "search_ms_per_anchor": round(search_wall * 1e3, 3), "search_cpu_ms_per_anchor": round(search_cpu * 1e3, 3),
+            "max_score_diff": worst}
 
 
 def approx_goal(args, out: Path) -> dict:
@@ -171,7 +188,8 @@ def approx_goal(args, out: Path) -> dict:
     images, captions, concept_emb = make_world(args.n_approx, args.dim, args.centres, args.vocab, args.rank, args.seed)
     print(f"[approx] world {args.n_approx} x {args.dim} in {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
-    index, info = make_index(images, kind=args.approx_kind, k_check=args.neighbors, threads=args.threads, seed=args.seed)
+    index, info = make_index(images, kind=args.approx_kind, k_check=args.neighbors, threads=args.threads, seed=args.seed,
+                             nlist=args.nlist, nprobe=args.nprobe, k_factor=args.k_factor)
     build_s = time.perf_counter() - t0
     print(f"[approx] index {info.kind} {info.params} built and tuned in {build_s:.1f} s: recall@{args.neighbors} "
           f"{info.recall_at_k}, {info.queries_per_second} queries/s", flush=True)
@@ -179,20 +197,29 @@ def approx_goal(args, out: Path) -> dict:
     count = args.n_approx if args.approx_anchors <= 0 else min(args.approx_anchors, args.n_approx)
     anchors = np.arange(count, dtype=np.int64)
     with faiss_threads(args.threads):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         curator = Curator(images, captions, concept_emb, lambda q, k: search(index, q, k), params)
-        setup_s = time.perf_counter() - t0
-        ours_s, results = curate_timed(curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab)
+        setup_s, setup_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab)
+        search_wall, search_cpu = time_search(curator, anchors[: min(count, 4 * args.chunk)], args.chunk)
         check = np.random.default_rng(args.seed + 2).choice(count, size=min(1000, count), replace=False)
         _, truth = exact_neighbors(images, images[check], args.neighbors + 1)
     found = np.concatenate([r.neighbor_ids for r in results])[check]
     truth = np.stack([row[row != a][: args.neighbors] for row, a in zip(truth, check)])
     recall = recall_at_k(found, truth, args.neighbors)
     rate = count / (ours_s + setup_s)
-    print(f"[approx] ours: {count} anchors in {ours_s:.1f} s + {setup_s:.1f} s setup ({rate:.0f} anchors/s); "
-          f"recall@{args.neighbors} of the neighbours used {recall:.4f}; peak RSS {peak_rss_mb():.0f} MiB", flush=True)
+    cpu_rate = count / (ours_cpu + setup_cpu)
+    print(f"[approx] ours: {count} anchors in {ours_s:.1f} s + {setup_s:.1f} s setup wall ({rate:.0f} anchors/s), "
+          f"{ours_cpu + setup_cpu:.1f} s CPU ({cpu_rate:.0f} anchors per CPU-second); recall@{args.neighbors} of the "
+          f"neighbours used {recall:.4f}; peak RSS {peak_rss_mb():.0f} MiB", flush=True)
+    rest_cpu = (ours_cpu + setup_cpu) / count - search_cpu
+    print(f"[approx] search alone: {search_wall * 1e6:.0f} us wall, {search_cpu * 1e6:.0f} us CPU per anchor; the rest "
+          f"of the stage (expand, rank, cluster, write): {rest_cpu * 1e6:.0f} us CPU per anchor", flush=True)
     return {"n": args.n_approx, "anchors": count, "ours_s": round(ours_s, 2), "setup_s": round(setup_s, 2),
-            "anchors_per_s": round(rate, 1), "recall_at_k": round(recall, 4), "index": info.to_dict(),
+            "cpu_s": round(ours_cpu + setup_cpu, 2), "anchors_per_s": round(rate, 1),
+            "anchors_per_cpu_s": round(cpu_rate, 1), "search_us_per_anchor": round(search_wall * 1e6, 1),
+            "search_cpu_us_per_anchor": round(search_cpu * 1e6, 1), "rest_cpu_us_per_anchor": round(rest_cpu * 1e6, 1),
+            "recall_at_k": round(recall, 4), "index": info.to_dict(),
             "index_build_s": round(build_s, 1)}
 
 
@@ -204,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-approx", type=int, default=1_000_000, help="images of goal 2 (approximate index); 0 = skip")
     p.add_argument("--approx-anchors", type=int, default=0, help="anchors timed in goal 2 (0 = all)")
     p.add_argument("--approx-kind", default="ivfpq", help="index kind of goal 2 (make_index kinds)")
+    p.add_argument("--nlist", type=int, help="inverted lists of goal 2's index (default: make_index's)")
+    p.add_argument("--nprobe", type=int, help="fix goal 2's nprobe instead of tuning it")
+    p.add_argument("--k-factor", type=int, help="fix goal 2's re-ranking factor instead of tuning it")
     p.add_argument("--dim", type=int, default=512, help="embedding dimension (512 = ViT-B/16)")
     p.add_argument("--centres", type=int, default=3000)
     p.add_argument("--rank", type=int, default=32, help="dimension of the within-cluster variation")

@@ -248,3 +248,36 @@ def test_synthetic_world_curates_through_the_cli_with_recall_figures(tmp_path, c
                 "topL_precision", "sampled_recall", "sampled_precision"):
         assert summary[key] is not None
     assert summary["archive_recall"] >= summary["caption_recall"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_ranks_split_embedding_and_curation_and_match_one_process(base_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data, vocab, good, base = base_run
+    out = tmp_path / "run"
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    cmd = [sys.executable, "-m", "cocu", "curate", str(data), "--encoder", ENCODER, "--out", str(out),
+           "--vocab", str(vocab), "--neighbors", "4", "--chunk-size", "10"]
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(2)]
+    outputs = [p.communicate(timeout=170)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert (out / "emb" / "rank-0" / "img_emb").is_dir() and (out / "emb" / "rank-1" / "img_emb").is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples_written"] == len(good) and summary["options"]["world_size"] == 2
+    ours, single = read_archive(out), read_archive(base)
+    assert ours.keys() == single.keys()
+    for key in ours:
+        assert ours[key].concepts == single[key].concepts
+        assert ours[key].scores == pytest.approx(single[key].scores, abs=1e-5)

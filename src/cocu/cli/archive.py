@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cocu.cli.curate import add_method_arguments, config_from_args, format_summary
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     except (RunMismatchError, ValueError, FileNotFoundError) as err:
         print(f"cocu archive: error: {err}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
-    print(f"wrote {args.run}/curation/ and {args.run}/summary.json")
+    if os.environ.get("RANK", "0") == "0":  # data-parallel runs: rank 0 reports
+        print(format_summary(summary))
+        print(f"wrote {args.run}/curation/ and {args.run}/summary.json")
     return 0

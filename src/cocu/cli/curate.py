@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     except (RunMismatchError, ValueError, FileNotFoundError) as err:
         print(f"cocu curate: error: {err}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
-    print(f"wrote {args.out}/curation/ and {args.out}/summary.json")
+    if os.environ.get("RANK", "0") == "0":  # data-parallel runs: rank 0 reports
+        print(format_summary(summary))
+        print(f"wrote {args.out}/curation/ and {args.out}/summary.json")
     return 0
