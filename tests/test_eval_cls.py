@@ -1,4 +1,4 @@
-"""`cocu eval-cls` end to end: class-name folders with classes.txt, ImageNet wnid folders, errors."""
+"""`cocu eval-cls` end to end: class-name folders with classes.txt, ImageNet wnid folders, a CLIP model, errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from PIL import Image
 
 from cocu.cli import main
 from cocu.evaluation.cls_eval import open_image_folder
+from cocu.models.bundle import save_bundle
+from cocu.models.factory import build_clip, get_model_spec
+from cocu.text.tokenizer import byte_level_tokenizer
 from test_eval_seg import tiny_model_dir  # noqa: F401  (session fixture)
 
 
@@ -66,3 +69,22 @@ def test_eval_cls_wnid_subset_without_names_is_a_clear_error(tiny_model_dir, tmp
     _folder(tmp_path, {"n01440764": 1, "n01443537": 1})
     assert main(["eval-cls", "--model", str(tiny_model_dir), "--root", str(tmp_path)]) == 2
     assert "wnid folders" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def clip_model_dir(tmp_path_factory) -> Path:
+    tokenizer = byte_level_tokenizer()
+    model = build_clip("clip-tiny", tokenizer, seed=0)
+    size = get_model_spec("clip-tiny").image_size
+    return save_bundle(model, tokenizer, tmp_path_factory.mktemp("models") / "clip-tiny", image_size=size)
+
+
+def test_eval_cls_runs_a_clip_model_but_eval_seg_refuses_it(clip_model_dir, tmp_path, capsys):
+    _folder(tmp_path / "classify", {"a": 1, "b": 1})
+    out = tmp_path / "cls.json"
+    argv = ["eval-cls", "--model", str(clip_model_dir), "--root", str(tmp_path / "classify"), "--out", str(out)]
+    assert main([*argv, "--templates", "simple", "--no-progress"]) == 0
+    assert json.loads(out.read_text())["n"] == 2
+    image = tmp_path / "classify" / "a" / "0.jpg"
+    assert main(["segment", str(image), "--model", str(clip_model_dir), "--labels", "a,b"]) == 2
+    assert "needs a GroupViT" in capsys.readouterr().err

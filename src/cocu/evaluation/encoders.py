@@ -110,14 +110,14 @@ class ZeroShotModel:
             rows.append(F.normalize(emb.mean(dim=1), dim=-1))
         return torch.cat(rows)  # [K,D]
 
-    def _require_groupvit(self) -> None:
+    def require_groupvit(self) -> None:
         if self.family != "groupvit":
             raise ValueError(f"zero-shot segmentation needs a GroupViT model, this one is a {self.family}")
 
     @torch.inference_mode()
     def encode_crops(self, pixels: torch.Tensor) -> CropEncoding:
         """GroupViT forward on ``pixels [b,3,h,w]`` (any size: position embeddings are interpolated)."""
-        self._require_groupvit()
+        self.require_groupvit()
         vision = self.model.vision_model
         pixels = pixels.to(self.device)
         h, w = pixels.shape[-2:]

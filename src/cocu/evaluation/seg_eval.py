@@ -108,6 +108,7 @@ def evaluate_segmentation(
 
     Undecodable images are counted in ``skips`` (created if not given; pass the one used by
     :func:`cocu.evaluation.datasets.open_dataset` to report its skips too)."""
+    zs.require_groupvit()
     options = options or SegEvalOptions()
     skips = skips if skips is not None else SkipCounter()
     if proto.with_background != dataset.with_background:

@@ -128,6 +128,7 @@ def segment_with_labels(
     threshold), ``i`` = ``labels[i - 1]``."""
     if not labels:
         raise ValueError("no labels given")
+    zs.require_groupvit()
     class_emb = zs.class_embeddings(labels, templates)
     pred = segment_image(zs, image, class_emb, proto).pred
     return pred if proto.with_background else pred + 1
