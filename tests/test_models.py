@@ -135,3 +135,27 @@ def test_atomic_write_leaves_ordinary_permissions_and_no_temp_on_error(tmp_path)
             tmp.write_bytes(b"partial")
             raise RuntimeError("stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_text_encoders_pool_at_end_of_text_so_prompts_differ():
+    """transformers pools at the largest id when eos_token_id == 2; our tokenizers must avoid that id."""
+    for tok in (byte_level_tokenizer(32), train_bpe_tokenizer(["a photo of a cat", "a dog"] * 10, vocab_size=280)):
+        assert tok.eos_token_id != 2
+        model = build_clip("clip-tiny", tok, seed=0).eval()
+        enc = tok(["a photo of a cat.", "a photo of a dog.", "an airplane"], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.text_model(**enc).pooler_output
+        assert not torch.allclose(hidden[0], hidden[1])
+        assert not torch.allclose(hidden[0], hidden[2])
+
+
+def test_cli_lists_every_command_and_runs_one_by_name(capsys):
+    import pytest
+
+    from cocu.cli import build_parser, main
+
+    help_text = build_parser().format_help()
+    for command in ("synth", "embed", "index", "vocab", "curate", "train", "eval-seg", "eval-cls", "segment", "demo"):
+        assert command in help_text
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])

@@ -14,23 +14,30 @@ import sys
 from typing import Sequence
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_modules() -> list[str]:
+    """Module names in `cocu.cli`; the command is the name with dashes (`eval_seg` -> `eval-seg`)."""
+    package = importlib.import_module(__name__)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or one holding just the module ``only`` (so a command imports only what it needs)."""
     parser = argparse.ArgumentParser(
         prog="cocu",
         description="Concept Curation (CoCu) for language-supervised semantic segmentation.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    package = importlib.import_module(__name__)
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        module.register(subparsers)
+    for name in command_modules() if only is None else [only]:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    first = args_list[0].replace("-", "_") if args_list else None
+    parser = build_parser(only=first if first in command_modules() else None)
+    args = parser.parse_args(args_list)
     return int(args.func(args) or 0)
 
 

@@ -16,7 +16,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-SPECIAL_TOKENS = (PAD, BOS, EOS)
+# transformers' CLIP and GroupViT text models treat an end-of-text id of 2 as a legacy config and pool
+# at the largest token id instead of the first end-of-text token, so no order here may give EOS id 2.
+SPECIAL_TOKENS = (EOS, BOS, PAD)
 
 
 def _configure(tok: Tokenizer) -> Tokenizer:
@@ -42,10 +44,10 @@ def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
 
 
 def byte_level_tokenizer(max_length: int = 77) -> PreTrainedTokenizerFast:
-    """A deterministic tokenizer with one token per byte (ids 3..258) and no merges."""
+    """A deterministic tokenizer with one token per byte (ids 0..255), then EOS, BOS and PAD, no merges."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    vocab.update({symbol: len(SPECIAL_TOKENS) + i for i, symbol in enumerate(alphabet)})
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    vocab.update({token: len(alphabet) + i for i, token in enumerate(SPECIAL_TOKENS)})
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return _wrap(_configure(tok), max_length)
