@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cocu.cli import main
-from cocu.curation.archive import read_archive
+from cocu.curation.archive import ArchiveLookup, read_archive
 from cocu.data.writer import ShardWriter
 
 WORDS = ["dog", "cat", "grass", "sky", "tree", "car", "road", "boat", "water", "bird"]
@@ -105,6 +105,15 @@ def test_archive_rows_hold_own_concepts_neighbors_and_sorted_scored_clusters(bas
         assert row.scores == sorted(row.scores, reverse=True)
         assert len(row.clusters) == len(row.concepts)
         assert set(row.clusters) == set(range(min(3, len(row.concepts))))
+
+
+def test_archive_lookup_returns_the_rows_of_read_archive(base_run):
+    rows = read_archive(base_run[3])
+    lookup = ArchiveLookup(base_run[3])
+    assert len(lookup) == len(rows)
+    for key in sorted(rows, reverse=True):
+        assert lookup.get(key) == rows[key]
+    assert lookup.get("missing") is None
 
 
 def test_summary_has_recall_precision_and_options(base_run):

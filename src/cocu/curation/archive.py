@@ -174,15 +174,44 @@ def part_files(run_dir_or_file: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def read_part(path: str | Path) -> list[ArchiveRow]:
+    """The rows of one archive part file, in file order."""
+    table = pq.read_table(path)
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} is not a cocu archive part: missing column(s) {', '.join(missing)}")
+    columns = {name: table.column(name).to_pylist() for name in SCHEMA.names}
+    return [ArchiveRow(**{name: columns[name][i] for name in SCHEMA.names}) for i in range(table.num_rows)]
+
+
 def read_archive(run_dir_or_file: str | Path) -> dict[str, ArchiveRow]:
     """All archive rows of a run (``RUN``, ``RUN/curation`` or one part file), by sample key."""
-    out: dict[str, ArchiveRow] = {}
-    for path in part_files(run_dir_or_file):
-        table = pq.read_table(path)
-        missing = [name for name in SCHEMA.names if name not in table.column_names]
-        if missing:
-            raise ValueError(f"{path} is not a cocu archive part: missing column(s) {', '.join(missing)}")
-        columns = {name: table.column(name).to_pylist() for name in SCHEMA.names}
-        for i, key in enumerate(columns["key"]):
-            out[key] = ArchiveRow(**{name: columns[name][i] for name in SCHEMA.names})
-    return out
+    return {row.key: row for path in part_files(run_dir_or_file) for row in read_part(path)}
+
+
+class ArchiveLookup:
+    """Rows by key without holding the whole archive: an index key -> (part, row) and one loaded part.
+
+    Lookups in archive order (the order of the data) load every part once.
+    """
+
+    def __init__(self, run_dir_or_file: str | Path) -> None:
+        self.paths = part_files(run_dir_or_file)
+        self.where: dict[str, tuple[int, int]] = {}
+        for part, path in enumerate(self.paths):
+            keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+            self.where.update((key, (part, i)) for i, key in enumerate(keys))
+        self._part = -1
+        self._rows: list[ArchiveRow] = []
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def get(self, key: str) -> ArchiveRow | None:
+        found = self.where.get(key)
+        if found is None:
+            return None
+        part, i = found
+        if part != self._part:
+            self._rows, self._part = read_part(self.paths[part]), part
+        return self._rows[i]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from cocu.curation import embed as emb_mod
 from cocu.curation import index as index_mod
 from cocu.curation import vocab as vocab_mod
-from cocu.curation.archive import CURATION_DIR, archive_table, part_path, read_archive, read_part_meta, write_part
+from cocu.curation.archive import CURATION_DIR, ArchiveLookup, archive_table, part_path, read_part_meta, write_part
 from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summarize_stats
 from cocu.curation.expand import CaptionConcepts
 from cocu.curation.runstate import Ranks, RunState, file_digest, folder_fingerprint, stable_hash
@@ -302,7 +302,7 @@ def _image_ext(data: bytes) -> str:
 
 def write_curated_shards(data_spec, run: Path, out_dir: Path, samples_per_shard: int) -> dict[str, int]:
     """Write the input samples again with a ``{key}.concepts.json`` member (the archive row as JSON)."""
-    rows = read_archive(run)
+    rows = ArchiveLookup(run)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     skipped: Counter[str] = Counter()
