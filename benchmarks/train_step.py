@@ -129,7 +129,8 @@ def main() -> None:
         bare_after = bare_rate(cfg, module, batch, bare_steps)
     bare = (bare_before + bare_after) / 2
     ratio = trainer / bare
-    print(f"{args.model}, batch {args.batch}, {args.workers} loader worker(s), {torch.get_num_threads()} torch thread(s)")
+    threads = torch.get_num_threads()
+    print(f"{args.model}, batch {args.batch}, {args.workers} loader worker(s), {threads} torch thread(s)")
     print(f"trainer: {trainer:.1f} img/s over steps {args.warmup + 1}..{args.steps}")
     print(f"bare:    {bare:.1f} img/s (runs: {bare_before:.1f}, {bare_after:.1f})")
     print(f"ratio:   {ratio:.3f}")

@@ -78,7 +78,8 @@ def test_multilabel_matches_eq3_and_eq4_computed_by_loops():
 def test_multilabel_with_one_label_reduces_to_infonce():
     image, text, _ = _features(2)
     s = torch.tensor(3.0, dtype=torch.float64)
-    assert torch.allclose(torch.stack(multilabel_loss(image, text[:, None], s)), torch.stack(infonce_loss(image, text, s)))
+    one_label = torch.stack(multilabel_loss(image, text[:, None], s))
+    assert torch.allclose(one_label, torch.stack(infonce_loss(image, text, s)))
 
 
 def test_total_is_the_sum_of_averaged_symmetric_pairs_with_separate_temperatures():

@@ -25,7 +25,8 @@ REQUIRED = ["output=/tmp/x", "data.train=/data/c3-{00000..00001}.tar"]
 def test_overrides_are_yaml_scalars_on_dotted_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output: a\ndata:\n  train: /d\noptim:\n  lr: 1e-3\n")
-    cfg = load_config(path, ["optim.lr=2e-4", "train.max_steps=7", "resume=null", "data.augment.flip=false", "optim.betas=[0.9, 0.98]"])
+    overrides = ["optim.lr=2e-4", "train.max_steps=7", "resume=null", "data.augment.flip=false", "optim.betas=[0.9, 0.98]"]
+    cfg = load_config(path, overrides)
     assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.train.max_steps == 7 and cfg.resume is None and cfg.data.augment.flip is False
     assert cfg.optim.betas == [0.9, 0.98]
@@ -45,7 +46,8 @@ def test_unknown_override_key_is_an_error_listing_the_valid_keys_of_its_section(
 def test_unknown_key_in_the_yaml_file_is_an_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output: a\ndata:\n  train: /d\n  trian_workers: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown config key data\.trian_workers; valid keys in data: train, archive"):
+    message = r"unknown config key data\.trian_workers; valid keys in data: train, archive"
+    with pytest.raises(ConfigError, match=message):
         load_config(path)
 
 
@@ -141,7 +143,8 @@ def test_optimizer_follows_the_schedule_and_skips_decay_on_1d_and_token_paramete
     decay, no_decay = param_groups(module, 0.05)
     assert decay["params"] == [module.proj.weight] and decay["weight_decay"] == 0.05
     assert {id(p) for p in no_decay["params"]} == {id(module.proj.bias), id(module.group_token), id(module.logit_scale)}
-    cfg = load_config(None, [*REQUIRED, "optim.lr=1.0", "optim.warmup=2", "optim.warmup_unit=steps", "optim.warmup_lr=0.0"])
+    schedule = ["optim.lr=1.0", "optim.warmup=2", "optim.warmup_unit=steps", "optim.warmup_lr=0.0"]
+    cfg = load_config(None, [*REQUIRED, *schedule])
     opt, sched = build_optimizer(module, cfg.optim, total_steps=4, steps_per_epoch=4)
     lrs = []
     for _ in range(4):

@@ -222,7 +222,11 @@ def test_worker_process_loader_gives_the_same_batches_as_in_process(tmp_path):
 
 
 def test_packed_archive_rebuilds_rows_for_the_sampler():
-    rows = [ArchiveRow("a", "c", [], [], ["x", "y"], [1.0, 0.5], [0, 1]), None, ArchiveRow("b", "d", [], [], ["y"], [0.2], [0])]
+    rows = [
+        ArchiveRow("a", "c", [], [], ["x", "y"], [1.0, 0.5], [0, 1]),
+        None,
+        ArchiveRow("b", "d", [], [], ["y"], [0.2], [0]),
+    ]
     packed = PackedArchive.pack(rows)
     assert packed.row(0, "a", "c").concepts == ["x", "y"] and packed.row(0, "a", "c").scores == [1.0, 0.5]
     assert packed.row(1, "z", "e") is None

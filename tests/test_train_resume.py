@@ -73,7 +73,8 @@ def test_run_writes_a_from_pretrained_folder_with_tokenizer_config_and_logs(full
     assert any((out / "tensorboard").iterdir())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 5]
-    keys = {"step", "epoch", "loss", "loss_caption", "loss_multilabel", "lr", "logit_scale_caption", "logit_scale_multilabel", "img_per_s"}
+    keys = {"step", "epoch", "loss", "loss_caption", "loss_multilabel", "lr", "img_per_s", "data_wait_s"}
+    keys |= {"logit_scale_caption", "logit_scale_multilabel"}
     assert keys <= set(records[0])
     assert all(r["loss"] == pytest.approx(r["loss_caption"] + r["loss_multilabel"]) for r in records)
     result = json.loads((out / "train_result.json").read_text())
@@ -127,18 +128,18 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(world,
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_cli_trains_a_clip_with_the_caption_loss_only(world, tmp_path, capsys):
+def test_cli_trains_a_clip_with_the_caption_loss_only_under_bf16_autocast(world, tmp_path, capsys):
     out = tmp_path / "clip"
-    args = [
-        "train", "--", f"output={out}", f"data.train={world['train']}", "model.config=clip-tiny", "text.mode=none",
-        "model.bpe_vocab_size=400", "data.num_workers=0", "train.batch_size=4", "train.max_steps=2", "train.threads=1",
+    config = tmp_path / "clip.yaml"
+    config.write_text("model:\n  config: clip-tiny\n  bpe_vocab_size: 400\ntext:\n  mode: none\n")
+    overrides = [
+        f"output={out}", f"data.train={world['train']}", "data.num_workers=0", "train.batch_size=4",
+        "train.max_steps=2", "train.threads=1", "train.precision=bf16",
     ]
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    args[1] = str(config)
-    assert main(args) == 0
+    assert main(["train", str(config), *overrides]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 2 and result["finished"]
-    assert isinstance(CLIPModel.from_pretrained(str(out)), CLIPModel)
+    model = CLIPModel.from_pretrained(str(out))
+    assert model.dtype == torch.float32  # autocast computes in bf16, the weights stay float32
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["loss_multilabel"] is None and record["logit_scale_multilabel"] is None

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(valid_keys()))
         return 0
     if args.config is None:
-        print("cocu train: a config file is required (e.g. configs/train/groupvit_tiny_synth_cocu.yaml)", file=sys.stderr)
+        example = "configs/train/groupvit_tiny_synth_cocu.yaml"
+        print(f"cocu train: a config file is required (e.g. {example})", file=sys.stderr)
         return 2
     try:
         cfg = load_config(args.config, args.overrides)

@@ -315,7 +315,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     positive("train.keep_checkpoints", cfg.train.keep_checkpoints)
     positive("train.log_every", cfg.train.log_every)
     positive("data.prefetch_factor", cfg.data.prefetch_factor)
-    for key, value in (("train.max_steps", cfg.train.max_steps), ("train.max_steps_this_run", cfg.train.max_steps_this_run), ("train.threads", cfg.train.threads)):
+    optional = {
+        "train.max_steps": cfg.train.max_steps,
+        "train.max_steps_this_run": cfg.train.max_steps_this_run,
+        "train.threads": cfg.train.threads,
+    }
+    for key, value in optional.items():
         if value is not None:
             positive(key, value)
     if cfg.data.num_workers < 0:
@@ -324,7 +329,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
     if not 0.0 < cfg.data.augment.scale_min <= 1.0:
         raise ConfigError(f"data.augment.scale_min: must be in (0, 1], got {cfg.data.augment.scale_min}")
-    for key, value in (("optim.weight_decay", cfg.optim.weight_decay), ("optim.warmup", cfg.optim.warmup), ("optim.warmup_lr", cfg.optim.warmup_lr), ("optim.min_lr", cfg.optim.min_lr), ("optim.clip_grad", cfg.optim.clip_grad), ("data.augment.color_jitter", cfg.data.augment.color_jitter)):
+    non_negative = {
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.warmup": cfg.optim.warmup,
+        "optim.warmup_lr": cfg.optim.warmup_lr,
+        "optim.min_lr": cfg.optim.min_lr,
+        "optim.clip_grad": cfg.optim.clip_grad,
+        "data.augment.color_jitter": cfg.data.augment.color_jitter,
+    }
+    for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     if cfg.optim.warmup_unit == "fraction" and cfg.optim.warmup > 1.0:

@@ -185,7 +185,8 @@ class TextSampler:
         """Exactly :attr:`labels_per_sample` prompt texts; slots without a concept repeat the caption."""
         if self.mode == "none":
             return []
-        prompts = [self.templates[int(rng.integers(len(self.templates)))].format(c) for c in self.concepts(i, key, caption, meta, rng)]
+        concepts = self.concepts(i, key, caption, meta, rng)
+        prompts = [self.templates[int(rng.integers(len(self.templates)))].format(c) for c in concepts]
         return prompts + [caption] * (self.num_labels - len(prompts))
 
 
@@ -216,7 +217,9 @@ def prepare_data(cfg: TrainConfig, index_cache: str | None, progress: bool = Tru
     """Index the shards (reusing ``index_cache`` if valid), join the archive, set up the text sampler."""
     counter = SkipCounter()
     mode = cfg.text.mode
-    index = load_or_build_index(cfg.data.train, index_cache, with_json=mode == "oracle", skips=counter, progress=progress)
+    index = load_or_build_index(
+        cfg.data.train, index_cache, with_json=mode == "oracle", skips=counter, progress=progress
+    )
     skips = dict(index.skipped)
     rows = np.arange(len(index), dtype=np.int64)
     need_vocab = mode == "caption-nouns" or (mode == "cocu" and cfg.text.missing_archive == "caption")
@@ -232,7 +235,8 @@ def prepare_data(cfg: TrainConfig, index_cache: str | None, progress: bool = Tru
             key = index.keys[r]
             row = by_key.get(key)
             if row is None:
-                missing.add(MISSING_ARCHIVE_ROW, key, index.shards[int(index.shard_id[r])], f"not in archive {cfg.data.archive}")
+                source = index.shards[int(index.shard_id[r])]
+                missing.add(MISSING_ARCHIVE_ROW, key, source, f"not in archive {cfg.data.archive}")
                 if cfg.text.missing_archive == "drop":
                     continue
             found.append(row)
@@ -316,7 +320,9 @@ class TrainDataset(Dataset):
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this rank's items for global steps ``start_step .. end_step - 1`` (see the module docstring)."""
 
-    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, start_step: int, end_step: int) -> None:
+    def __init__(
+        self, n: int, batch_size: int, rank: int, world: int, seed: int, start_step: int, end_step: int
+    ) -> None:
         if batch_size % world:
             raise ValueError(f"the global batch size {batch_size} is not divisible by {world} data-parallel ranks")
         if n < batch_size:
@@ -354,7 +360,13 @@ class Batch:
     skipped: list[tuple[str, str, str, str]]
 
     def pin_memory(self) -> Batch:
-        return Batch(self.images.pin_memory(), self.input_ids.pin_memory(), self.attention_mask.pin_memory(), self.num_labels, self.skipped)
+        return Batch(
+            self.images.pin_memory(),
+            self.input_ids.pin_memory(),
+            self.attention_mask.pin_memory(),
+            self.num_labels,
+            self.skipped,
+        )
 
 
 class Collate:

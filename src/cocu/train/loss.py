@@ -78,7 +78,9 @@ def infonce_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -
     return F.cross_entropy(logits, target), F.cross_entropy(logits.t(), target)
 
 
-def multilabel_loss(image: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def multilabel_loss(
+    image: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 3 and eq. 4 for normalised ``image`` [B,d] and prompt texts ``labels`` [B,L,d]; ``(i2p, p2i)``."""
     b, num_labels, d = labels.shape
     flat = labels.reshape(b * num_labels, d)  # [B*L,d], row j*L+l = text l of sample j

@@ -86,7 +86,8 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Path | No
 
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, label in (("loss", "total (eq. 5)"), ("loss_caption", "image-caption"), ("loss_multilabel", "multi-label")):
+    curves = (("loss", "total (eq. 5)"), ("loss_caption", "image-caption"), ("loss_multilabel", "multi-label"))
+    for name, label in curves:
         pairs = [(s, r[name]) for s, r in zip(steps, records) if isinstance(r.get(name), (int, float))]
         if pairs:
             ax.plot([p[0] for p in pairs], [p[1] for p in pairs], label=label)

@@ -180,7 +180,8 @@ class _Builder:
         for kind in (IMAGE_EXTS, CAPTION_EXTS):
             present = [e for e in kind if e in members]
             for ext in present[1:]:
-                self.skips.add(reasons.UNEXPECTED_MEMBER, key, path, f"{key}.{ext}: another member of the same kind, kept .{present[0]}")
+                detail = f"{key}.{ext}: another member of the same kind, kept .{present[0]}"
+                self.skips.add(reasons.UNEXPECTED_MEMBER, key, path, detail)
         if key in self.seen:
             self.skips.add(reasons.DUPLICATE_KEY, key, path, "key already read")
             return

@@ -79,7 +79,8 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainResult:
     """``steps``: global steps done (of ``total_steps``); ``finished``: the schedule is complete and the
-    final model is saved in ``out_dir``; ``images_per_s``: global throughput of this invocation."""
+    final model is saved in ``out_dir``; ``final_loss``: the mean loss of the last logging window;
+    ``images_per_s``: global throughput of this invocation."""
 
     out_dir: Path
     steps: int
@@ -193,6 +194,16 @@ def _tokenizer(cfg: TrainConfig, data: TrainData, out: Path, ctx: DistContext, r
     return load_tokenizer(str(folder), max_length=max_length)
 
 
+def _warn_legacy_pooling(model: nn.Module) -> None:
+    """transformers' CLIP/GroupViT text encoders treat ``eos_token_id == 2`` as the legacy CLIP config and
+    then pool at the highest token id of each text instead of at its end-of-text token."""
+    if getattr(model.config.text_config, "eos_token_id", None) == 2:
+        logger.warning(
+            "the tokenizer's end-of-text id is 2: transformers then pools each text at its highest token id "
+            "(legacy CLIP behaviour), not at the end-of-text token; give <|endoftext|> another id"
+        )
+
+
 def save_final_model(model: nn.Module, tokenizer, out: Path, image_size: int) -> None:
     """``save_bundle`` into a staging folder, then move its files into ``out`` (each rename atomic)."""
     staging = out / ".bundle.staging"
@@ -292,6 +303,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     spec = get_model_spec(cfg.model.config)
     tokenizer = _tokenizer(cfg, data, out, ctx, checkpoint is not None, spec.max_text_length)
     model = build_model(cfg.model.config, tokenizer, seed=cfg.seed)
+    _warn_legacy_pooling(model)
     module = TrainModule(model, multilabel=data.texts.labels_per_sample > 0).to(ctx.device).train()
     params = [p for p in module.parameters() if p.requires_grad]
     if cfg.train.batch_size // ctx.world < 2 and spec.family == "groupvit":
@@ -334,6 +346,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     step, last_checkpoint, last_loss = start, checkpoint, None
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
     run_start = time.perf_counter()
+    batches = None
     try:
         batches = iter(loader)
         while True:
@@ -364,16 +377,17 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
             scheduler.step()
             average_buffers(module, ctx)
             step += 1
-            last_loss = loss_value
             window.add(out_loss, waited)
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == end:
-                _log(metrics, window, step, epoch, lr, module, cfg.train.batch_size, bar, run_start)
+                last_loss = _log(metrics, window, step, epoch, lr, module, cfg.train.batch_size, bar, run_start)
             if step % cfg.train.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == end:
-                last_checkpoint = _checkpoint(out, step, step // steps_per_epoch, module, optimizer, scheduler, ctx, cfg)
+                epoch_done = step // steps_per_epoch
+                last_checkpoint = _checkpoint(out, step, epoch_done, module, optimizer, scheduler, ctx, cfg)
             if on_step is not None:
                 on_step(StepInfo(step=step, epoch=epoch, loss=loss_value, module=module))
     finally:
+        batches = None  # lets the loader's worker processes shut down even when an exception propagates
         bar.close()
         if metrics is not None:
             metrics.close()
@@ -430,15 +444,17 @@ def _log(
     batch_size: int,
     bar: tqdm,
     run_start: float,
-) -> None:
-    if metrics is not None and window.steps:
+) -> float:
+    """Write one metrics record (rank 0) and start a new window; returns the window's mean loss."""
+    n = window.steps
+    mean_loss = window.loss / n
+    if metrics is not None:
         elapsed = time.perf_counter() - window.start
         cap, ml = module.scales()
-        n = window.steps
         record = {
             "step": step,
             "epoch": epoch,
-            "loss": window.loss / n,
+            "loss": mean_loss,
             "loss_caption": window.caption / n,
             "loss_multilabel": None if math.isnan(window.multilabel) else window.multilabel / n,
             "lr": lr,
@@ -449,14 +465,26 @@ def _log(
             "time_s": time.perf_counter() - run_start,
         }
         metrics.log(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
     window.reset()
+    return mean_loss
 
 
-def _checkpoint(out: Path, step: int, epoch: int, module, optimizer, scheduler, ctx: DistContext, cfg: TrainConfig) -> Path:
+def _checkpoint(
+    out: Path,
+    step: int,
+    epoch: int,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ctx: DistContext,
+    cfg: TrainConfig,
+) -> Path:
+    """Gather every rank's RNG state; rank 0 writes the checkpoint; all wait for it."""
     rng = _rng_rows(ctx)
     path = out / CHECKPOINT_DIR / f"step-{step:08d}"
     if ctx.is_main:
-        path = save_checkpoint(out / CHECKPOINT_DIR, step, epoch, module, optimizer, scheduler, rng, cfg.train.keep_checkpoints)
+        keep = cfg.train.keep_checkpoints
+        path = save_checkpoint(out / CHECKPOINT_DIR, step, epoch, module, optimizer, scheduler, rng, keep)
     barrier(ctx)
     return path
