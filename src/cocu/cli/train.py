@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import yaml
@@ -19,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train from a YAML config with optional dotted overrides, e.g. "
             "`cocu train configs/train/cocu_c3.yaml data.train=/data/c3-{00000..00275}.tar output=runs/c3`. "
-            "Under torchrun each process runs this command (data-parallel)."
+            "Under torchrun each process runs this command (data-parallel): "
+            "`torchrun --nproc_per_node 4 -m cocu train CONFIG.yaml ...`. Options go before CONFIG."
         ),
     )
     parser.add_argument("config", nargs="?", help="YAML config file (configs/train/*.yaml)")
@@ -56,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"cocu train: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result.to_json()))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line
+        print(json.dumps(result.to_json()))
     return 0

@@ -8,8 +8,7 @@ the global step, whatever the number of worker processes and wherever a run was 
   ``s // steps_per_epoch`` and takes the next ``batch_size`` entries of that permutation (the tail that
   does not fill a batch is dropped); data-parallel rank ``r`` of ``R`` takes the ``r``-th of ``R`` equal
   slices of it;
-- the sample at permutation position ``p`` of epoch ``e`` gets its own generators seeded from
-  ``(seed, e, p)``: a ``torch.Generator`` for the image augmentation and a numpy ``Generator`` for the
+- dataset sample ``i`` drawn in epoch ``e`` gets its own generators seeded from ``(seed, e, i)``: a ``torch.Generator`` for the image augmentation and a numpy ``Generator`` for the
   concept sampling and template choice.
 
 A resumed run therefore builds its sampler at the checkpoint's step and continues with exactly the
@@ -70,9 +69,9 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, _TAG_PERMUTATION, epoch]).permutation(n)
 
 
-def sample_generators(seed: int, epoch: int, position: int) -> tuple[torch.Generator, np.random.Generator]:
-    """The augmentation and text generators of permutation position ``position`` in ``epoch``."""
-    aug_seed, text_seed = np.random.SeedSequence([seed, _TAG_SAMPLE, epoch, position]).generate_state(2, np.uint64)
+def sample_generators(seed: int, epoch: int, index: int) -> tuple[torch.Generator, np.random.Generator]:
+    """The augmentation and text generators of dataset sample ``index`` in ``epoch``."""
+    aug_seed, text_seed = np.random.SeedSequence([seed, _TAG_SAMPLE, epoch, index]).generate_state(2, np.uint64)
     return torch.Generator().manual_seed(int(aug_seed) >> 1), np.random.default_rng(int(text_seed))
 
 
@@ -270,10 +269,10 @@ class TrainItem:
 
 
 class TrainDataset(Dataset):
-    """Map-style: item ``(epoch, position)`` -> the augmented sample at ``position`` of that epoch's order.
+    """Map-style: item ``(epoch, index)`` -> dataset sample ``index`` augmented for ``epoch``.
 
-    ``position`` indexes the dataset directly (the sampler applies the permutation); the generators are
-    seeded from ``(seed, epoch, position)``."""
+    The sampler applies the epoch's permutation; the generators are seeded from ``(seed, epoch, index)``.
+    If the image of ``index`` cannot be decoded, the next samples are tried in turn (same generators)."""
 
     def __init__(self, data: TrainData, augment: TrainAugment, seed: int) -> None:
         self.data = data
@@ -293,26 +292,26 @@ class TrainDataset(Dataset):
         return json.loads(raw.decode("utf-8")) if raw is not None else None
 
     def __getitem__(self, item: tuple[int, int]) -> TrainItem:
-        epoch, position = item
-        aug_gen, text_rng = sample_generators(self.seed, epoch, position)
+        epoch, first = item
+        aug_gen, text_rng = sample_generators(self.seed, epoch, first)
         skipped: list[tuple[str, str, str, str]] = []
-        index = self.data.index
+        shards = self.data.index
         n = len(self.data)
         for attempt in range(MAX_SUBSTITUTES):
-            i = (position + attempt) % n
+            i = (first + attempt) % n
             row = int(self.data.rows[i])
             try:
                 img = self._decode(row)
             except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, bombs)
-                source = index.shards[int(index.shard_id[row])]
-                skipped.append((reasons.CORRUPT_IMAGE, index.keys[row], source, f"{type(exc).__name__}: {exc}"))
+                source = shards.shards[int(shards.shard_id[row])]
+                skipped.append((reasons.CORRUPT_IMAGE, shards.keys[row], source, f"{type(exc).__name__}: {exc}"))
                 continue
-            key, caption = index.keys[row], index.captions[row]
+            key, caption = shards.keys[row], shards.captions[row]
             meta = self._meta(row) if self.data.texts.mode == "oracle" else None
             labels = self.data.texts.texts(i, key, caption, meta, text_rng)
             return TrainItem(image=self.augment(img, aug_gen), caption=caption, labels=labels, skipped=skipped)
         raise RuntimeError(
-            f"{MAX_SUBSTITUTES} consecutive training images failed to decode from position {position}: "
+            f"{MAX_SUBSTITUTES} consecutive training images failed to decode from sample {first}: "
             f"{skipped[-1]}; the shards look damaged"
         )
 
