@@ -335,36 +335,47 @@ class Embeddings:
         return int(self.image.shape[1])
 
 
-def _load_rows(path: Path) -> np.ndarray:
+def _open_rows(path: Path) -> np.ndarray:
+    """Memory-map a part's ``.npy`` (nothing is read yet) and check it is a 2-D float array."""
     try:
-        array = np.load(path)
+        array = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read embeddings file {path}: {err}") from err
     if array.ndim != 2 or array.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{path}: expected a 2-D float array, got {array.dtype} with shape {array.shape}")
-    array = array.astype(np.float32, copy=False)  # [m,d]
-    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [m,1]
-    return array / np.maximum(norms, 1e-12)
+    return array
+
+
+def _copy_unit_rows(src: np.ndarray, dst: np.ndarray, chunk: int = 65_536) -> None:
+    """``dst[:] = src`` as float32 with every row scaled to unit length (float16 rows are only close to it)."""
+    for start in range(0, src.shape[0], chunk):
+        block = dst[start : start + chunk]  # [c,d] view
+        block[:] = src[start : start + chunk]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
 def load_embeddings(emb_dir: str | Path) -> Embeddings:
     """Read an embedding folder (ours or clip-retrieval's); rows re-normalised to unit length in float32.
 
-    Raises ``FileNotFoundError`` if there are no parts or a part lacks its text or metadata file, and
-    ``ValueError`` naming the file when row counts or dimensions disagree.
+    Every part is checked before any embedding is read. Raises ``FileNotFoundError`` if there are no parts
+    or a part lacks its text or metadata file, and ``ValueError`` naming the file when row counts or
+    dimensions disagree.
     """
     out = Path(emb_dir)
     parts = _part_indices(out)
     if not parts:
         raise FileNotFoundError(f"no {IMG_DIR}/img_emb_*.npy files in {out}; make them with `cocu embed`")
-    images, texts, keys, captions, concepts = [], [], [], [], []
+    arrays: list[tuple[np.ndarray, np.ndarray]] = []
+    keys: list[str] = []
+    captions: list[str] = []
+    concepts: list[list[str]] = []
     any_concepts = False
     for suffix in parts.values():
         files = (img_path(out, suffix), text_path(out, suffix), meta_path(out, suffix))
         for needed in files[1:]:
             if not needed.is_file():
                 raise FileNotFoundError(f"{needed} is missing (its part {files[0]} exists); rerun `cocu embed`")
-        image, text = _load_rows(files[0]), _load_rows(files[1])
+        image, text = _open_rows(files[0]), _open_rows(files[1])
         table = pq.read_table(files[2])
         for column in ("image_path", "caption"):
             if column not in table.column_names:
@@ -375,12 +386,11 @@ def load_embeddings(emb_dir: str | Path) -> Embeddings:
                     f"{path} has {array.shape[0]} rows but {files[2]} has {table.num_rows}; the part is "
                     "damaged: delete its three files and rerun `cocu embed`"
                 )
-        if text.shape[1] != image.shape[1] or (images and image.shape[1] != images[0].shape[1]):
+        if text.shape[1] != image.shape[1] or (arrays and image.shape[1] != arrays[0][0].shape[1]):
             raise ValueError(
                 f"{files[0]} / {files[1]}: dimension {image.shape[1]}/{text.shape[1]} disagrees with the other parts"
             )
-        images.append(image)
-        texts.append(text)
+        arrays.append((image, text))
         keys.extend(str(k) for k in table.column("image_path").to_pylist())
         captions.extend("" if c is None else str(c) for c in table.column("caption").to_pylist())
         if "true_concepts" in table.column_names:
@@ -388,9 +398,17 @@ def load_embeddings(emb_dir: str | Path) -> Embeddings:
             concepts.extend(list(c or []) for c in table.column("true_concepts").to_pylist())
         else:
             concepts.extend([] for _ in range(table.num_rows))
+    dim = arrays[0][0].shape[1]
+    image_all = np.empty((len(keys), dim), dtype=np.float32)  # [n,d]
+    text_all = np.empty((len(keys), dim), dtype=np.float32)  # [n,d]
+    row = 0
+    for image, text in arrays:
+        _copy_unit_rows(image, image_all[row : row + image.shape[0]])
+        _copy_unit_rows(text, text_all[row : row + text.shape[0]])
+        row += image.shape[0]
     return Embeddings(
-        image=np.concatenate(images),
-        text=np.concatenate(texts),
+        image=image_all,
+        text=text_all,
         keys=keys,
         captions=captions,
         true_concepts=concepts if any_concepts else None,

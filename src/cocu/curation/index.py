@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 KINDS: tuple[str, ...] = ("auto", "exact", "ivf", "ivfsq", "ivfpq", "hnsw")
 AUTO_APPROXIMATE = "ivf"
 DEFAULT_EXACT_MAX = 100_000
+SINGLE_THREAD_MAX = 100_000
+"""make_index uses one faiss thread up to this many vectors unless told otherwise: on small inputs OpenMP's
+thread barriers cost more than they save, and on a busy machine they cost seconds per build."""
 IMAGE_INDEX, CAPTION_INDEX, INFO_FILE = "image.index", "caption.index", "index_info.json"
 NPROBE_GRID: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 K_FACTOR_GRID: tuple[int, ...] = (2, 4, 8, 16, 32)
@@ -223,7 +226,8 @@ def make_index(
 ) -> tuple[faiss.Index, IndexInfo]:
     """Build an inner-product index over ``vectors`` [n,d] in memory: ``(index, IndexInfo)``.
 
-    Approximate kinds are trained on ``train_size`` random
+    ``threads``: faiss threads for the build and the check (default: 1 up to :data:`SINGLE_THREAD_MAX`
+    vectors, else every core this process may use). Approximate kinds are trained on ``train_size`` random
     rows (default 64 per list), then tuned and checked against exact search on ``n_check`` rows.
     """
     if kind not in KINDS:
@@ -235,6 +239,8 @@ def make_index(
     chosen = ("exact" if n <= exact_max else AUTO_APPROXIMATE) if kind == "auto" else kind
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
+    if threads is None:
+        threads = 1 if n <= SINGLE_THREAD_MAX else cpu_threads()
     with faiss_threads(threads):
         lists = min(nlist or default_nlist(n), max(1, n // 8))
         factory = factory_string(chosen, dim, lists, pq_m, hnsw_m)
