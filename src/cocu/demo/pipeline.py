@@ -82,16 +82,24 @@ class _Demo:
         return trained, evaluated
 
     def curate(self, clip: StageRecord) -> dict[str, StageRecord]:
-        records = {}
+        """One curation run per archive row; rows after the first of an expansion reuse its embeddings and
+        index (same encoder, same data), so only their archive is computed."""
+        records: dict[str, StageRecord] = {}
+        first: dict[str, str] = {}
         for r in ROWS:
             if r.concepts != ARCHIVE:
                 continue
             run_dir = self.out / "curation" / r.name
+            source = first.setdefault(r.expansion, r.name)
+            reuse = None if source == r.name else self.out / "curation" / source
             payload = {"clip": clip.fingerprint, "row": r, "neighbors": self.s.neighbors,
-                       "labels": self.s.num_labels, "seed": self.s.seed}
+                       "labels": self.s.num_labels, "seed": self.s.seed,
+                       "reuse": records[source].fingerprint if reuse is not None else None}
             records[r.name] = self.runner.run(
                 f"curate-{r.name}", payload,
-                lambda r=r, run_dir=run_dir: steps.curate_row(self.s, r, self.out / "models" / "clip", run_dir),
+                lambda r=r, run_dir=run_dir, reuse=reuse: steps.curate_row(
+                    self.s, r, self.out / "models" / "clip", run_dir, reuse
+                ),
                 [run_dir],
             )
         return records

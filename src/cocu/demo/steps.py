@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,18 @@ def train_model(config: str, overrides: list[str]) -> dict[str, Any]:
     return {"result": result.to_json(), "overrides": overrides, "config": config}
 
 
-def curate_row(settings: DemoSettings, row: AblationRow, encoder_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """``cocu curate`` of the pretrain split with one row's expansion, ranking and sampling."""
-    from cocu.curation.pipeline import CurateConfig, curate
+REUSED_STAGES = ("emb", "vocab", "index")
+
+
+def curate_row(
+    settings: DemoSettings, row: AblationRow, encoder_dir: Path, run_dir: Path, reuse_from: Path | None = None
+) -> dict[str, Any]:
+    """``cocu curate`` of the pretrain split with one row's expansion, ranking and sampling.
+
+    ``reuse_from``: a finished run of the same encoder and expansion whose embeddings, vocabulary and index
+    are copied into ``run_dir`` (``cocu archive`` then builds only the archive), instead of embedding again.
+    """
+    from cocu.curation.pipeline import CurateConfig, curate, curate_archive
 
     dirs = world_dirs(settings.out)
     assert row.expansion is not None and row.ranking is not None and row.sampling is not None
@@ -155,8 +165,12 @@ def curate_row(settings: DemoSettings, row: AblationRow, encoder_dir: Path, run_
         vocab=str(dirs["vocab"]),
         threads=settings.threads,
     )
-    summary = curate(str(dirs["pretrain"]), str(encoder_dir), run_dir, cfg)
-    return {"summary": summary}
+    if reuse_from is None:
+        return {"summary": curate(str(dirs["pretrain"]), str(encoder_dir), run_dir, cfg)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in REUSED_STAGES:
+        shutil.copytree(reuse_from / name, run_dir / name)
+    return {"summary": curate_archive(run_dir, cfg), "reused": str(reuse_from)}
 
 
 def evaluate_model(model_dir: Path, world: Path, out_json: Path, predictions: Path | None) -> dict[str, Any]:
