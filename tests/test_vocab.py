@@ -77,7 +77,7 @@ def test_tokenize_lowercases_and_strips_punctuation_and_possessives():
 def vocab():
     return Vocabulary(
         concepts=["cat", "car", "traffic light", "light", "hot dog", "dog", "person", "mouse", "leaf", "glass",
-                  "bus", "sheep", "dining table", "table"],
+                  "bus", "sheep", "dining table", "table", "chest of drawers"],
         aliases={"automobile": "car", "auto": "car", "people": "person"},
     )
 
@@ -94,6 +94,7 @@ def vocab():
         ("traffic lights above the light", ["traffic light", "light"]),  # longest match first
         ("a hot dog and a dog", ["hot dog", "dog"]),
         ("dining tables and a table", ["dining table", "table"]),
+        ("two chests of drawers", ["chest of drawers"]),  # the head before "of" takes the plural
         ("a bobcat in this category, scattered", []),  # no substring matches
         ("Cat!!! (car), dog's bowl; GLASS.", ["cat", "car", "dog", "glass"]),  # punctuation, case, possessive
         ("car cat car", ["car", "cat"]),  # order of first appearance
@@ -105,7 +106,7 @@ def test_extract(vocab, caption, expected):
 
 
 def test_index_of_and_len(vocab):
-    assert len(vocab) == 14 and vocab.index_of("car") == 1
+    assert len(vocab) == 15 and vocab.index_of("car") == 1
     assert vocab.lookup("Automobiles") == "car"
     with pytest.raises(KeyError, match="'truck' is not a concept"):
         vocab.index_of("truck")
@@ -164,6 +165,8 @@ def test_bad_vocabulary_files_name_the_file_and_line(tmp_path, text, message):
         ("Traffic Lights", ["traffic light"]),
         ("T-shirt", ["t-shirt"]),
         ("leaves", ["leaf"]),
+        ("chests of drawers", ["chest of drawers"]),
+        ("triceratops", ["triceratops"]),
     ],
 )
 def test_normalise_class_name(name, forms):
@@ -199,13 +202,13 @@ def encoder():
 def test_vocab_dir_round_trip(tmp_path, encoder, vocab):
     write_vocab_dir(vocab, encoder, tmp_path / "vocab")
     concepts, emb = read_vocab_dir(tmp_path / "vocab")
-    assert concepts == vocab.concepts and emb.shape == (14, 128) and emb.dtype == np.float32
+    assert concepts == vocab.concepts and emb.shape == (15, 128) and emb.dtype == np.float32
     np.testing.assert_allclose(emb[2], encoder.encode_texts(["a photo of a traffic light."])[0], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     again = Vocabulary.from_file(tmp_path / "vocab" / "vocab.txt")
     assert again.concepts == vocab.concepts and again.aliases == vocab.aliases
     np.save(tmp_path / "vocab" / "concept_emb.npy", emb[:5])
-    with pytest.raises(ValueError, match=r"concept_emb\.npy has shape \(5, 128\) but .* lists 14"):
+    with pytest.raises(ValueError, match=r"concept_emb\.npy has shape \(5, 128\) but .* lists 15"):
         read_vocab_dir(tmp_path / "vocab")
 
 

@@ -76,7 +76,7 @@ _SAME_PLURAL = frozenset(
 _NOT_PLURAL = _SAME_PLURAL | frozenset(
     "news gas bus lens canvas atlas christmas chess tennis billiards physics mathematics pants jeans shorts "
     "trousers scissors glasses sunglasses clothes bedclothes pliers tongs binoculars headphones earphones "
-    "goggles overalls".split()
+    "goggles overalls tights pajamas pyjamas leggings triceratops pyrenees".split()
 )
 """Words ending in ``s`` that are not the plural of another word: singularising leaves them as they are."""
 _F_TO_VES = {
@@ -219,7 +219,8 @@ def normalise_class_name(name: str, qualifier_heads: bool = False) -> list[str]:
         words = text.split()
         if not words or not tokenize(text):
             continue
-        words[-1] = singularize(words[-1]) if words[-1].isalpha() else words[-1]
+        head = _head_position(words)
+        words[head] = singularize(words[head]) if words[head].isalpha() else words[head]
         out.append(" ".join(words))
     return out
 
@@ -227,17 +228,26 @@ def normalise_class_name(name: str, qualifier_heads: bool = False) -> list[str]:
 # --- the vocabulary ------------------------------------------------------------------------------------
 
 
+def _head_position(words: list[str]) -> int:
+    """The word that takes the plural: the last one, or the one before "of" ("chests of drawers")."""
+    if "of" in words[1:-1]:
+        return words.index("of", 1) - 1
+    return len(words) - 1
+
+
 def _singular_key(text: str) -> tuple[str, ...]:
-    """The tokens of ``text`` with the last word in its best-guess singular: equal keys = same entry."""
+    """The tokens of ``text`` with the head word in its best-guess singular: equal keys = same entry."""
     tokens = tokenize(text)
-    return tuple(tokens[:-1]) + (singularize(tokens[-1]),)
+    head = _head_position(tokens)
+    return tuple(tokens[:head]) + (singularize(tokens[head]),) + tuple(tokens[head + 1 :])
 
 
 def _variant_keys(tokens: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Keys under which an entry also matches: its last word's plurals and singulars."""
-    head, last = tokens[:-1], tokens[-1]
-    forms = sorted(plural_forms(last)) + [f for f in singular_forms(last) if f != last]
-    return [head + (form,) for form in forms]
+    """Keys under which an entry also matches: its head word's plurals and singulars."""
+    head = _head_position(list(tokens))
+    word = tokens[head]
+    forms = sorted(plural_forms(word)) + [f for f in singular_forms(word) if f != word]
+    return [tokens[:head] + (form,) + tokens[head + 1 :] for form in forms]
 
 
 @dataclass
