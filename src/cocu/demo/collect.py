@@ -26,6 +26,7 @@ CURVE_ROWS = ("baseline", "cocu", "oracle")
 OVERLAY_ROWS = ("baseline", "cocu", "oracle")
 GALLERY_ROW = "cocu"
 IMAGE_SIDE = 192
+ALPHA = 0.7
 
 
 def _loss_curves(settings: DemoSettings, trained: list[str]) -> bytes | None:
@@ -102,13 +103,36 @@ def _class_names(val_dir: Path) -> list[str]:
     return [line.strip() for line in (val_dir / "classes.txt").read_text("utf-8").splitlines() if line.strip()]
 
 
+def _colours(n: int) -> np.ndarray:
+    """The synthetic world's own class colours (sky blue, grass green, ...) when they cover ``n`` classes."""
+    from cocu.synth.contact import PALETTE
+
+    if len(PALETTE) >= n:
+        return np.asarray(PALETTE[:n], dtype=np.uint8)
+    return figures.palette(n)
+
+
+def _val_meta(val: Path) -> dict[str, dict]:
+    """``val/meta.jsonl`` by key (caption, true concepts, caption concepts); empty if the file is absent."""
+    path = val / "meta.jsonl"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text("utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[str(row.get("key"))] = row
+    return out
+
+
 def _overlays(settings: DemoSettings, trained: list[str]) -> tuple[list[OverlayItem], list]:
     dirs = world_dirs(settings.out)
     val = dirs["val"]
     names = _class_names(val)
-    colours = figures.palette(len(names))
+    colours = _colours(len(names))
     keys = [k.strip() for k in (val / "ImageSets" / "Segmentation" / "val.txt").read_text("utf-8").splitlines()]
     keys = [k for k in keys if k][: settings.overlays]
+    meta = _val_meta(val)
     shown = [n for n in OVERLAY_ROWS if n in trained]
     items = []
     present: set[int] = set()
@@ -124,12 +148,16 @@ def _overlays(settings: DemoSettings, trained: list[str]) -> tuple[list[OverlayI
                 continue
             pred = np.asarray(Image.open(path))
             present.update(int(v) for v in np.unique(pred) if v < len(names))
-            preds[name] = figures.png_bytes(figures.upscale(figures.overlay(image, pred, colours), IMAGE_SIDE))
+            preds[name] = figures.png_bytes(figures.upscale(figures.overlay(image, pred, colours, ALPHA), IMAGE_SIDE))
+        info = meta.get(key, {})
+        said = set(info.get("caption_concepts") or [])
         items.append(OverlayItem(
             key=key,
             image_png=figures.png_bytes(figures.upscale(image, IMAGE_SIDE)),
-            truth_png=figures.png_bytes(figures.upscale(figures.colorize(truth, colours), IMAGE_SIDE)),
+            truth_png=figures.png_bytes(figures.upscale(figures.overlay(image, truth, colours, ALPHA), IMAGE_SIDE)),
             predictions=preds,
+            caption=str(info.get("caption", "")),
+            unmentioned=[c for c in (info.get("concepts") or {}) if c not in said],
         ))
     legend = [(names[i], tuple(int(x) for x in colours[i])) for i in sorted(present)]
     return items, legend

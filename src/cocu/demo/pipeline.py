@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,7 @@ class _Demo:
     def clip(self, world: StageRecord) -> tuple[StageRecord, StageRecord]:
         out_dir = self.out / "models" / "clip"
         overrides = steps.clip_overrides(self.s, out_dir)
-        payload = {"world": world.fingerprint, "config": self.s.clip_config,
-                   "overrides": steps.result_overrides(overrides)}
+        payload = {"world": world.fingerprint, "config": steps.resolved_config(self.s.clip_config, overrides)}
         trained = self.runner.run("train-clip", payload, lambda: steps.train_model(self.s.clip_config, overrides),
                                   [out_dir])
         json_path = self.out / "eval" / "clip.json"
@@ -116,8 +115,7 @@ class _Demo:
                 upstream = curated[name].fingerprint if r.concepts == ARCHIVE else world.fingerprint
                 trained = self.runner.run(
                     f"train-{rn}",
-                    {"upstream": upstream, "config": self.s.groupvit_config,
-                     "overrides": steps.result_overrides(overrides)},
+                    {"upstream": upstream, "config": steps.resolved_config(self.s.groupvit_config, overrides)},
                     lambda overrides=overrides: steps.train_model(self.s.groupvit_config, overrides),
                     [mdir],
                 )
@@ -135,8 +133,10 @@ class _Demo:
 
     def concepts(self, world: StageRecord, curated: dict[str, StageRecord]) -> dict[str, Any]:
         path = self.out / CONCEPTS_FILE
+        text = {r.name: asdict(steps.row_train_config(self.s, r, model_dir(self.out, r.name), self.s.seed).text)
+                for r in ROWS}
         payload = {"world": world.fingerprint, "curated": {k: v.fingerprint for k, v in curated.items()},
-                   "labels": self.s.num_labels, "seed": self.s.seed, "config": self.s.groupvit_config}
+                   "labels": self.s.num_labels, "seed": self.s.seed, "text": text}
         self.runner.run("concepts", payload, lambda: self._concepts(path), [path])
         import json
 

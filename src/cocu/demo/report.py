@@ -75,12 +75,15 @@ class GalleryItem:
 
 @dataclass
 class OverlayItem:
-    """One val image: the picture, the true label map and each model's prediction (all as PNG)."""
+    """One val image: the picture, the true label map and each model's prediction (all as PNG), its
+    caption and the true concepts the caption does not name (what only curation can supply)."""
 
     key: str
     image_png: bytes
     truth_png: bytes
     predictions: dict[str, bytes]
+    caption: str = ""
+    unmentioned: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -212,7 +215,10 @@ def _overlays(items: Sequence[OverlayItem], legend: Sequence[tuple[str, tuple[in
                 f"<figure>{_img(it.truth_png, 'truth', 192)}<figcaption>true mask</figcaption></figure>"]
         for name, png in it.predictions.items():
             figs.append(f"<figure>{_img(png, name, 192)}<figcaption>{_e(name)}</figcaption></figure>")
-        out.append(f'<div class="ov">{"".join(figs)}</div>')
+        missing = ", ".join(it.unmentioned) if it.unmentioned else "nothing"
+        caption = (f'<div class="note">{_e(it.key)}: &ldquo;{_e(it.caption)}&rdquo; &mdash; in the image but not '
+                   f"in its caption: <b>{_e(missing)}</b></div>") if it.caption else ""
+        out.append(f'{caption}<div class="ov">{"".join(figs)}</div>')
     keys = "".join(
         f'<span class="item"><span class="swatch" style="background:rgb({c[0]},{c[1]},{c[2]})"></span>{_e(n)}</span>'
         for n, c in legend
@@ -291,6 +297,9 @@ ones the archive recovered, <span class="chip missed">dashed</span> ones it miss
 those the sampler picks for a training step.</p>
 {_gallery(data.gallery)}
 <h2>Zero-shot segmentation on val (paper figures 3b and 4)</h2>
+<p class="note">Each val image, its true mask and each model's prediction painted over it (every pixel is
+labelled with one of the world's classes; colours in the legend). Concepts the caption leaves out are the ones
+a caption-trained model never hears about.</p>
 {_overlays(data.overlays, data.legend)}
 <h3>Per-class IoU: stuff vs. things</h3>
 {_class_iou(data.class_iou)}

@@ -99,8 +99,8 @@ class DemoSettings:
     quick: bool = False
     seeds: tuple[int, ...] = (0,)
     world: WorldBudget = field(default_factory=WorldBudget)
-    clip: TrainBudget = field(default_factory=lambda: TrainBudget(steps=1500, batch_size=64))
-    groupvit: TrainBudget = field(default_factory=lambda: TrainBudget(steps=1200, batch_size=64))
+    clip: TrainBudget = field(default_factory=lambda: TrainBudget(steps=400, batch_size=64))
+    groupvit: TrainBudget = field(default_factory=lambda: TrainBudget(steps=80, batch_size=64))
     clip_config: str = "configs/train/clip_tiny_synth.yaml"
     groupvit_config: str = "configs/train/groupvit_tiny_synth_cocu.yaml"
     train_rows: tuple[str, ...] = ROW_NAMES

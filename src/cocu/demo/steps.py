@@ -89,11 +89,13 @@ def budget_overrides(settings: DemoSettings, budget: TrainBudget, output: Path, 
     return out
 
 
-def result_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that can change a trained model (drops threads, workers, logging, checkpointing)."""
-    from cocu.train.config import RUNTIME_KEYS
+def resolved_config(config: str, overrides: list[str]) -> dict[str, Any]:
+    """The resolved training config as flat ``key: value`` pairs, without the keys that cannot change the
+    trained weights: what a training stage's cache fingerprint holds (an edited YAML invalidates it)."""
+    from cocu.train.config import RUNTIME_KEYS, config_to_dict, flatten, load_config
 
-    return [o for o in overrides if o.split("=", 1)[0] not in RUNTIME_KEYS]
+    flat = flatten(config_to_dict(load_config(resolve_config(config), overrides)))
+    return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
 
 
 def clip_overrides(settings: DemoSettings, output: Path) -> list[str]:
