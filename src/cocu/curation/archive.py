@@ -27,6 +27,9 @@ from cocu.utils.atomic import atomic_path
 CURATION_DIR = "curation"
 PART_PATTERN = re.compile(r"^archive-(\d+)\.parquet$")
 META_KEY = b"cocu"
+DICTIONARY_COLUMNS = ["concepts.list.element", "caption_concepts.list.element"]
+"""Only the concept names repeat enough for parquet dictionary encoding to pay (it is the costliest part of
+writing a part when applied to keys and captions as well)."""
 SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -147,7 +150,7 @@ def write_part(path: str | Path, table: pa.Table, meta: dict) -> None:
     """Write ``table`` atomically with ``meta`` (JSON) in the parquet key-value metadata."""
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode("utf-8")})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, compression="snappy", use_dictionary=DICTIONARY_COLUMNS)
 
 
 def read_part_meta(path: str | Path) -> dict | None:

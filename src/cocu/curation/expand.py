@@ -115,6 +115,7 @@ class ExpandedChunk:
     Reference triples (one per neighbour whose caption holds the pair's concept, for eq. 7):
     ``ref_pair`` int64 [r] (index into the pairs), ``ref_image`` int64 [r] (the neighbour's global row),
     ``ref_position`` int64 [r] (the global CSR position of the concept in the neighbour's caption).
+    Triples are in anchor order (``pair_anchor[ref_pair]`` is non-decreasing), as ``pair_first`` is.
     """
 
     num_anchors: int
