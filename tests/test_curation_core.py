@@ -110,14 +110,15 @@ def test_drop_self_removes_the_anchor_or_else_the_last_result():
 
 
 def test_neighbors_equal_brute_force_on_exact_index():
-    faiss = pytest.importorskip("faiss")
+    from cocu.curation.index import make_index, search
+
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(16)
-    index.add(x)
+    index, info = make_index(x, kind="exact")
+    assert info.kind == "exact"
     rows = np.arange(0, 400, 7)
-    ids, scores = find_neighbors(lambda q, k: index.search(q, k), x[rows], rows, 8)
+    ids, scores = find_neighbors(lambda q, k: search(index, q, k, batch_size=16), x[rows], rows, 8)
     sims = x[rows] @ x.T
     sims[np.arange(rows.shape[0]), rows] = -np.inf
     expected = np.argsort(-sims, axis=1)[:, :8]

@@ -143,7 +143,7 @@ def _load_embeddings(dirs: list[Path]) -> tuple[emb_mod.Embeddings, list[list[st
         first = merged.keys[int(np.argmax(bad))]
         raise ValueError(
             f"{int(bad.sum())} embedding row(s) in {', '.join(map(str, dirs))} are not finite (first key {first!r}): "
-            "the embeddings are damaged; delete the emb folder (or pass --overwrite after removing it) and rerun"
+            "the embeddings are damaged; delete that folder and rerun (the embedding stage is then redone)"
         )
     truth: list[list[str] | None] = []
     any_truth = False
@@ -192,13 +192,12 @@ def _concept_lists(
     caption_ids = CaptionConcepts.from_lists(rows)
     true = None
     if truth is not None:
-        lookup = {}
-        for names in truth:
-            for name in names or ():
-                if name not in lookup:
-                    canonical = vocab.lookup(name)
-                    lookup[name] = canonical if canonical is not None else f"\x00{name}"
-        true = TrueConcepts.from_names([None if t is None else [lookup[n] for n in t] for t in truth], index)
+        # True names map through the vocabulary (any form or alias); an unknown name stays as it is, which
+        # is not a concept name, so it counts as a true concept that curation missed.
+        distinct = {name for names in truth for name in names or ()}
+        canonical = {name: vocab.lookup(name) for name in distinct}
+        mapped = [None if names is None else [canonical[n] or n for n in names] for names in truth]
+        true = TrueConcepts.from_names(mapped, index)
     arrays = {"indptr": caption_ids.indptr, "indices": caption_ids.indices}
     if true is not None:
         arrays.update(t_indptr=true.ids.indptr, t_indices=true.ids.indices, t_unmapped=true.unmapped, t_known=true.known)
