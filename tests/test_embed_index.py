@@ -4,6 +4,7 @@ import io
 import json
 import tarfile
 
+import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -233,6 +234,9 @@ def test_auto_switches_to_approximate_above_exact_max_and_stores_info(tmp_path):
     assert stored["image"].params["nprobe"] >= 1
     index = load_index(tmp_path / "index" / "image.index", 32)
     assert index.ntotal == 3000
+    # the tuned search parameters travel in the index file
+    assert faiss.extract_index_ivf(index).nprobe == stored["image"].params["nprobe"]
+    assert faiss.downcast_index(index).k_factor == stored["image"].params["k_factor_rf"]
 
 
 def test_recall_at_k_ignores_the_query_itself():
