@@ -148,6 +148,14 @@ def test_demo_cli_rejects_unknown_rows_and_bad_budgets(tmp_path, capsys):
     assert not (tmp_path / "world").exists()
 
 
+def test_demo_cli_reports_an_output_path_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    assert main(["demo", "--quick", "--out", str(target)]) == 2
+    assert "error" in capsys.readouterr().err
+    assert target.read_text() == "not a folder"
+
+
 # ---------------------------------------------------------------- report page
 
 

@@ -113,7 +113,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cocu demo: {err}", file=sys.stderr)
         return 2
-    outcome = run_demo(settings)
+    from cocu.train.trainer import TrainingDiverged
+
+    try:
+        outcome = run_demo(settings)
+    except TrainingDiverged as err:
+        print(f"cocu demo: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+        print(f"cocu demo: error: {err}", file=sys.stderr)
+        return 2
     print(outcome.summary)
     print(f"report: {outcome.report_path}")
     print(f"results: {outcome.results_path}")

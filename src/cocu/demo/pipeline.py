@@ -191,7 +191,8 @@ def build_results(
     rows = []
     for r in ROWS:
         cs = concept_stats["rows"].get(r.name, {})
-        per_seed = [{"seed": seed, **figures[r.name][seed]} for seed in settings.seeds if seed in figures.get(r.name, {})]
+        done = figures.get(r.name, {})
+        per_seed = [{"seed": seed, **done[seed]} for seed in settings.seeds if seed in done]
         agg = aggregate_seeds(per_seed, EVAL_KEYS)
         rows.append({
             "name": r.name,

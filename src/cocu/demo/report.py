@@ -149,6 +149,15 @@ def _headline(results: dict[str, Any]) -> str:
     return '<div class="headline">' + "".join(parts) + "</div>"
 
 
+def _sampling_text(spec: Any) -> str:
+    """The sampling column: the curated rows' sampler, else how the trainer picks the L texts."""
+    if spec is None:
+        return "-"
+    if spec.sampling:
+        return spec.sampling
+    return {"caption": "random subset", "truth": "weighted by pixel share"}.get(spec.concepts, "-")
+
+
 def _ablation_table(results: dict[str, Any]) -> str:
     titles = {r.name: r for r in ROWS}
     head = (
@@ -162,14 +171,14 @@ def _ablation_table(results: dict[str, Any]) -> str:
     body = []
     for r in results.get("rows", []):
         spec = titles.get(r["name"])
+        source = (spec.expansion if spec else None) or ("truth" if r["name"] == "oracle" else "caption")
         std = r.get("std") or {}
         css = ' class="cocu"' if r["name"] == "cocu" else ""
         body.append(
             f"<tr{css}><td class=name><b>{_e(r['name'])}</b><br><span class=note>"
             f"{_e(spec.title if spec else '')}</span></td>"
-            f"<td class=name>{_e((spec.expansion if spec else None) or ('truth' if r['name'] == 'oracle' else 'caption'))}"
-            f"</td><td class=name>{_e((spec.ranking if spec else None) or '-')}</td>"
-            f"<td class=name>{_e((spec.sampling if spec else None) or '-')}</td>"
+            f"<td class=name>{_e(source)}</td><td class=name>{_e((spec.ranking if spec else None) or '-')}</td>"
+            f"<td class=name>{_e(_sampling_text(spec))}</td>"
             + _gt_cell(r.get("recall"))
             + _pct(r.get("precision"))
             + _gt_cell(r.get("sampled_recall"))

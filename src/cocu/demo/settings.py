@@ -42,12 +42,14 @@ class AblationRow:
 
 
 ROWS: tuple[AblationRow, ...] = (
-    AblationRow("baseline", "Baseline (GroupViT): caption concepts only", CAPTION, sampling="naive", in_quick=True),
-    AblationRow("lang", "#1 language-driven expansion + naive ranking + naive sampling", ARCHIVE, "lang", "naive", "naive"),
-    AblationRow("vision", "#2 vision-driven expansion + naive ranking + naive sampling", ARCHIVE, "vision", "naive", "naive"),
+    AblationRow("baseline", "Baseline (GroupViT): caption concepts only", CAPTION, in_quick=True),
+    AblationRow("lang", "#1 language-driven expansion + naive ranking + naive sampling", ARCHIVE,
+                "lang", "naive", "naive"),
+    AblationRow("vision", "#2 vision-driven expansion + naive ranking + naive sampling", ARCHIVE,
+                "vision", "naive", "naive"),
     AblationRow("vision-t2v", "#3 + text-to-vision-guided ranking", ARCHIVE, "vision", "t2v", "naive"),
     AblationRow("cocu", "#4 + cluster-guided sampling (full CoCu)", ARCHIVE, "vision", "t2v", "cluster", in_quick=True),
-    AblationRow("oracle", "Oracle: the true concepts of every image", TRUTH, sampling="naive", in_quick=True),
+    AblationRow("oracle", "Oracle: the true concepts of every image", TRUTH, in_quick=True),
 )
 ROW_NAMES: tuple[str, ...] = tuple(r.name for r in ROWS)
 
