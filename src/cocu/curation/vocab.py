@@ -100,7 +100,11 @@ _F_TO_VES = {
 }
 _VES_TO_F = {plural: singular for singular, plural in _F_TO_VES.items()}
 _O_ES = frozenset("potato tomato hero echo torpedo veto volcano mosquito buffalo domino".split())
-_MAN_EXCEPTIONS = frozenset("human german roman shaman talisman caiman ottoman walkman cayman".split())
+_MAN_EXCEPTIONS = frozenset(
+    "human german roman shaman talisman caiman ottoman walkman cayman specimen abdomen regimen acumen stamen "
+    "semen albumen bitumen lumen".split()
+)
+"""Words ending in man/men that are not compounds of man (no -man/-men switch)."""
 _VOWELS = frozenset("aeiou")
 
 
