@@ -41,7 +41,8 @@ import pyarrow as pa
 from cocu.curation.archive import archive_table, part_path, write_part
 from cocu.curation.engine import Curator, CurationParams
 from cocu.curation.expand import CaptionConcepts
-from cocu.curation.index import exact_neighbors, faiss_threads, make_index, recall_at_k, search
+from cocu.curation.index import exact_neighbors, faiss_threads, make_index, recall_at_k
+from cocu.curation.pipeline import index_search
 from cocu.curation.rank import EPS
 
 TOPIC = 6
@@ -150,7 +151,7 @@ def exact_goal(args, out: Path) -> dict:
     with faiss_threads(args.threads):
         rng = np.random.default_rng(args.seed + 1)
         anchors = np.sort(rng.choice(args.n_exact, size=min(args.exact_anchors, args.n_exact), replace=False))
-        curator = Curator(images, captions, concept_emb, lambda q, k: search(index, q, k), params)
+        curator = Curator(images, captions, concept_emb, index_search(index, args.threads), params)
         ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "exact", args.n_exact, args.vocab)
         search_wall, search_cpu = time_search(curator, anchors[:2048], args.chunk)
         loop_anchors = anchors[:: max(1, len(anchors) // args.loop_anchors)][: args.loop_anchors]
@@ -198,7 +199,7 @@ def approx_goal(args, out: Path) -> dict:
     anchors = np.arange(count, dtype=np.int64)
     with faiss_threads(args.threads):
         t0, cpu0 = time.perf_counter(), time.process_time()
-        curator = Curator(images, captions, concept_emb, lambda q, k: search(index, q, k), params)
+        curator = Curator(images, captions, concept_emb, index_search(index, args.threads), params)
         setup_s, setup_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab)
         search_wall, search_cpu = time_search(curator, anchors[: min(count, 4 * args.chunk)], args.chunk)

@@ -112,7 +112,7 @@ def _data_identity(data_spec: str | Sequence[str]) -> list[tuple[str, int]]:
 def _stage_ids(cfg: CurateConfig, encoder_spec: str, data: list[tuple[str, int]], world: int) -> dict[str, str]:
     ids = {"emb": stable_hash([data, encoder_spec, cfg.rows_per_part, world])}
     ids["vocab"] = stable_hash([encoder_spec, _vocab_identity(cfg.vocab)])
-    ids["index"] = stable_hash([ids["emb"], cfg.expansion, cfg.index_kind, cfg.exact_max])
+    ids["index"] = stable_hash([ids["emb"], cfg.expansion, cfg.index_kind, cfg.exact_max, cfg.neighbors, cfg.seed])
     curation = [ids["emb"], ids["vocab"], ids["index"], asdict(cfg.params()), cfg.chunk_size]
     ids["curation"] = stable_hash(curation)
     if cfg.write_shards:
@@ -217,7 +217,10 @@ def _vocabulary(vocab_dir: Path) -> vocab_mod.Vocabulary:
     return vocab
 
 
-def _search_fn(index, threads: int | None):
+def index_search(index, threads: int | None):
+    """A :data:`~cocu.curation.expand.SearchFn` over a faiss index, with ``threads`` faiss threads in whichever
+    thread it runs (the curator searches in a background thread)."""
+
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with index_mod.faiss_threads(threads):
             return index_mod.search(index, queries, k)
@@ -269,7 +272,7 @@ def run_curation_stage(
     todo = [b for b in bounds if b[0] % ranks.world == ranks.rank and finished(*b) is None]
     if todo:
         logger.info("curating %d of %d part(s) (%d anchors each)", len(todo), num_parts, cfg.chunk_size)
-        curator = Curator(emb.image, caption_ids, concept_emb, _search_fn(index, cfg.threads), cfg.params(), true)
+        curator = Curator(emb.image, caption_ids, concept_emb, index_search(index, cfg.threads), cfg.params(), true)
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
         names = pa.array(vocab.concepts, pa.string())
         progress = tqdm(total=sum(stop - start for _, start, stop in todo), desc="curate", unit="anchor")
