@@ -290,3 +290,24 @@ def test_two_ranks_split_embedding_and_curation_and_match_one_process(base_run, 
     for key in ours:
         assert ours[key].concepts == single[key].concepts
         assert ours[key].scores == pytest.approx(single[key].scores, abs=1e-5)
+
+
+def test_repeated_key_in_the_embeddings_is_rejected_once_not_curated_twice(base_run, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    data, vocab, good, base = base_run
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("emb", "vocab", "index"):
+        shutil.copytree(base / name, out / name)
+    meta = out / "emb" / "metadata" / "metadata_0.parquet"
+    table = pq.read_table(meta)
+    keys = table.column("image_path").to_pylist()
+    keys[5] = keys[3]
+    pq.write_table(table.set_column(0, "image_path", pa.array(keys)), meta)
+    assert main(["archive", str(out), "--neighbors", "4", "--chunk-size", "10"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rejected"]["duplicate_key"] == 1
+    assert summary["samples_in"] == len(good) + 3 and summary["samples_written"] == len(good) - 1
+    parts = sorted((out / "curation").glob("archive-*.parquet"))
+    written = [k for p in parts for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()]
+    assert len(written) == len(set(written)) == len(good) - 1

@@ -40,6 +40,7 @@ from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summariz
 from cocu.curation.expand import CaptionConcepts
 from cocu.curation.runstate import Ranks, RunState, file_digest, folder_fingerprint, stable_hash
 from cocu.curation.sampling import DEFAULT_TAU
+from cocu.data import skips as skip_reasons
 from cocu.data.reader import iter_samples, resolve_sources
 from cocu.data.skips import SkipCounter
 from cocu.data.writer import ShardWriter
@@ -236,10 +237,14 @@ def run_curation_stage(
     ranks: Ranks,
     loaded: tuple[emb_mod.Embeddings, list[list[str] | None] | None, dict[str, int]] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, int], int]:
-    """Write this rank's missing archive parts; returns ``(stats of all parts, embed rejections, rows)``.
+    """Write this rank's missing archive parts; returns ``(stats of all parts, rejections by reason,
+    samples in)``.
 
     All inputs are loaded and checked (row counts, index dimension and size, vocabulary) before the first
-    part is computed. ``loaded``: the result of loading ``emb_dirs`` when the caller already has it.
+    part is computed. Part ``i`` holds anchors ``[i * chunk_size, (i + 1) * chunk_size)`` of the rows with a
+    key not seen before (a repeated key, possible when ranks embed shards separately, is rejected as
+    ``duplicate_key``; the row stays searchable). ``loaded``: the result of loading ``emb_dirs`` when the
+    caller already has it.
     """
     emb, truth, rejected = loaded if loaded is not None else _load_embeddings(emb_dirs)
     n = len(emb.keys)
@@ -260,9 +265,16 @@ def run_curation_stage(
         _concept_lists(lists_path, emb.captions, truth, vocab)
     ranks.barrier()
     caption_ids, true = _concept_lists(lists_path, emb.captions, truth, vocab)
+    samples_in = n + sum(rejected.values())
+    anchors = _first_occurrences(emb.keys)  # int64 [a]: rows whose key was not seen before
+    if anchors.shape[0] < n:
+        duplicates = n - anchors.shape[0]
+        logger.warning("%d row(s) repeat an earlier key (e.g. across ranks' shards): rejected as %s, the first "
+                       "occurrence is curated", duplicates, skip_reasons.DUPLICATE_KEY)
+        rejected = {**rejected, skip_reasons.DUPLICATE_KEY: rejected.get(skip_reasons.DUPLICATE_KEY, 0) + duplicates}
 
-    num_parts = (n + cfg.chunk_size - 1) // cfg.chunk_size
-    bounds = [(i, i * cfg.chunk_size, min(n, (i + 1) * cfg.chunk_size)) for i in range(num_parts)]
+    num_parts = (anchors.shape[0] + cfg.chunk_size - 1) // cfg.chunk_size
+    bounds = [(i, i * cfg.chunk_size, min(anchors.shape[0], (i + 1) * cfg.chunk_size)) for i in range(num_parts)]
 
     def finished(i: int, start: int, stop: int) -> dict | None:
         meta = read_part_meta(part_path(run, i))
@@ -276,7 +288,8 @@ def run_curation_stage(
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
         names = pa.array(vocab.concepts, pa.string())
         progress = tqdm(total=sum(stop - start for _, start, stop in todo), desc="curate", unit="anchor")
-        chunks = ((i, np.arange(start, stop, dtype=np.int64)) for i, start, stop in todo)
+        chunks = ((i, anchors[start:stop]) for i, start, stop in todo)
+        span = {i: (start, stop) for i, start, stop in todo}
         for i, result in curator.curate_chunks(chunks, cfg.seed):
             rows = result.rows
             _, _, cap = caption_ids.gather(rows)
@@ -284,7 +297,7 @@ def run_curation_stage(
                 keys, captions, rows, caption_ids.lengths[rows], cap, result.neighbor_ids,
                 result.archive, result.clusters, names,
             )
-            meta = {"id": stage_id, "start": int(rows[0]), "stop": int(rows[-1]) + 1, "stats": result.stats}
+            meta = {"id": stage_id, "start": span[i][0], "stop": span[i][1], "stats": result.stats}
             write_part(part_path(run, i), table, meta)
             progress.update(rows.shape[0])
         progress.close()
@@ -295,7 +308,18 @@ def run_curation_stage(
         if meta is None:
             raise RuntimeError(f"archive part {part_path(run, b[0])} is missing after curation")
         stats.append(meta["stats"])
-    return stats, rejected, n
+    return stats, rejected, samples_in
+
+
+def _first_occurrences(keys: list[str]) -> np.ndarray:
+    """Rows (int64) whose key does not occur in an earlier row."""
+    seen: set[str] = set()
+    rows = []
+    for i, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            rows.append(i)
+    return np.asarray(rows, dtype=np.int64)
 
 
 def _image_ext(data: bytes) -> str:
@@ -325,12 +349,16 @@ def write_curated_shards(data_spec, run: Path, out_dir: Path, samples_per_shard:
 
 
 def build_summary(
-    stats: list[dict[str, float]], rejected: dict[str, int], rows: int, options: dict[str, Any], extra: dict[str, Any]
+    stats: list[dict[str, float]],
+    rejected: dict[str, int],
+    samples_in: int,
+    options: dict[str, Any],
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The run summary (see the module docstring); ``extra`` entries are appended."""
     figures = summarize_stats(stats)
     summary: dict[str, Any] = {
-        "samples_in": rows + sum(rejected.values()),
+        "samples_in": samples_in,
         "samples_written": figures.pop("samples_written"),
         "rejected": dict(sorted(rejected.items())),
         "mean_archive_size": figures.pop("mean_archive_size"),
@@ -353,11 +381,11 @@ def _prepare_run(state: RunState, ranks: Ranks, overwrite: bool, inputs: tuple[s
 
 
 def _finish(
-    state: RunState, ranks: Ranks, stats: list[dict[str, float]], rejected: dict[str, int], rows: int, extra: dict
+    state: RunState, ranks: Ranks, stats: list[dict[str, float]], rejected: dict[str, int], samples_in: int, extra: dict
 ) -> dict[str, Any]:
     if ranks.main:
         state.mark_done("curation", {"parts": len(stats)})
-        summary = build_summary(stats, rejected, rows, state.options, extra)
+        summary = build_summary(stats, rejected, samples_in, state.options, extra)
         atomic_write_json(state.run_dir / SUMMARY_FILE, summary)
     ranks.barrier()
     return json.loads((state.run_dir / SUMMARY_FILE).read_text("utf-8"))
@@ -417,13 +445,13 @@ def curate(data_spec: str | Sequence[str], encoder_spec: str, run_dir: str | Pat
             )
             state.mark_done("index", {name: info.to_dict() for name, info in infos.items()})
     ranks.barrier()
-    stats, rejected, rows = run_curation_stage(run, emb_dirs, cfg, state.stage_ids["curation"], ranks, loaded)
+    stats, rejected, samples_in = run_curation_stage(run, emb_dirs, cfg, state.stage_ids["curation"], ranks, loaded)
     extra: dict[str, Any] = {"index": state.info("index")}
     if cfg.write_shards and ranks.main:
         if not state.is_done("shards", [run / "shards"]):
             state.mark_done("shards", write_curated_shards(data_spec, run, run / "shards", cfg.samples_per_shard))
         extra["shards"] = state.info("shards")
-    return _finish(state, ranks, stats, rejected, rows, extra)
+    return _finish(state, ranks, stats, rejected, samples_in, extra)
 
 
 def curate_archive(run_dir: str | Path, cfg: CurateConfig) -> dict[str, Any]:
@@ -441,5 +469,5 @@ def curate_archive(run_dir: str | Path, cfg: CurateConfig) -> dict[str, Any]:
     options = {"archive_of": str(run), **cfg.result_options()}
     state = RunState(run, options, {"curation": stable_hash([listings, asdict(cfg.params()), cfg.chunk_size])})
     _prepare_run(state, ranks, cfg.overwrite, inputs)
-    stats, rejected, rows = run_curation_stage(run, [run / "emb"], cfg, state.stage_ids["curation"], ranks)
-    return _finish(state, ranks, stats, rejected, rows, {})
+    stats, rejected, samples_in = run_curation_stage(run, [run / "emb"], cfg, state.stage_ids["curation"], ranks)
+    return _finish(state, ranks, stats, rejected, samples_in, {})
