@@ -7,8 +7,9 @@ Stages and outputs (``RUN`` = the output folder):
 2. ``vocab``: ``RUN/vocab/concepts.txt`` + ``concept_emb.npy`` (:mod:`.vocab`).
 3. ``index``: ``RUN/index/image.index`` (and ``caption.index`` for ``lang`` expansion) (:mod:`.index`).
 4. ``curation``: ``RUN/curation/archive-{i}.parquet`` (:mod:`.archive`), part ``i`` = anchors
-   ``[i * chunk_size, (i + 1) * chunk_size)``; a finished part is never redone. Caption concepts are
-   extracted once into ``RUN/curation/concept_lists.npz``.
+   ``[i * chunk_size, (i + 1) * chunk_size)`` of the embedding rows with distinct keys (a repeated key is
+   rejected as ``duplicate_key``); a finished part is never redone. Caption concepts are extracted once
+   into ``RUN/curation/concept_lists.npz``.
 5. ``shards`` (``write_shards``): the input shards again with a ``{key}.concepts.json`` member, ``RUN/shards/``.
 
 ``RUN/summary.json`` (rewritten at every run from the parts' recorded counts) holds the sample counts,
