@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,50 +100,31 @@ def _init_groupvit_zeros(model: GroupViTModel, std: float = 0.02) -> None:
             nn.init.trunc_normal_(stage.group_token, std=std)
 
 
-def _seeded(seed: int | None):
-    """A context in which torch's global generator is seeded, restored afterwards (no-op for None)."""
-    return torch.random.fork_rng(devices=[], enabled=seed is not None)
+def _build(name: str, family: str, tokenizer: PreTrainedTokenizerBase, seed: int | None) -> nn.Module:
+    """Build a model of ``family`` from its named config; with a seed, torch's global generator is
+    seeded for the build and restored afterwards."""
+    spec = get_model_spec(name)
+    if spec.family != family:
+        raise ValueError(f"{name} is a {spec.family} config, not a {family} one")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if family == "groupvit":
+            model = GroupViTModel(groupvit_config(spec, tokenizer))
+            _init_groupvit_zeros(model)
+        else:
+            model = CLIPModel(clip_config(spec, tokenizer))
+    return model
 
 
 def build_groupvit(name: str, tokenizer: PreTrainedTokenizerBase, seed: int | None = None) -> GroupViTModel:
-    spec = get_model_spec(name)
-    if spec.family != "groupvit":
-        raise ValueError(f"{name} is a {spec.family} config, not a GroupViT one")
-    config = groupvit_config(spec, tokenizer)
-    with _seeded(seed):
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = GroupViTModel(config)
-        _init_groupvit_zeros(model)
-    return model
+    return _build(name, "groupvit", tokenizer, seed)
 
 
 def build_clip(name: str, tokenizer: PreTrainedTokenizerBase, seed: int | None = None) -> CLIPModel:
-    spec = get_model_spec(name)
-    if spec.family != "clip":
-        raise ValueError(f"{name} is a {spec.family} config, not a CLIP one")
-    config = clip_config(spec, tokenizer)
-    with _seeded(seed):
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = CLIPModel(config)
-    return model
+    return _build(name, "clip", tokenizer, seed)
 
 
 def build_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int | None = None) -> nn.Module:
     family = get_model_spec(name).family
     return build_groupvit(name, tokenizer, seed) if family == "groupvit" else build_clip(name, tokenizer, seed)
-
-
-def load_pretrained(path: str | Path) -> nn.Module:
-    """Load a GroupViT or CLIP folder (ours, or a transformers checkpoint) by its config's model type."""
-    config_file = Path(path) / "config.json"
-    if config_file.is_file():
-        model_type = json.loads(config_file.read_text("utf-8")).get("model_type")
-    else:
-        model_type = None
-    if model_type == "groupvit" or (model_type is None and "groupvit" in str(path).lower()):
-        return GroupViTModel.from_pretrained(str(path))
-    if model_type == "clip" or model_type is None:
-        return CLIPModel.from_pretrained(str(path))
-    raise ValueError(f"{path}: model type {model_type!r} is neither groupvit nor clip")
