@@ -102,7 +102,7 @@ def main() -> None:
     for kind in built:
         r = results[kind]
         r["queries_per_second"] = max(r["wall_qps"])
-        r["queries_per_second_cpu"] = float(np.median(r["cpu_qps"]))
+        r["queries_per_second_cpu"] = round(float(np.median(r["cpu_qps"])), 1)
         print(f"{kind}: {r['queries_per_second']:.0f} q/s wall (best of {args.rounds}), "
               f"{r['queries_per_second_cpu']:.0f} q/s per {args.threads} busy core(s) (median), recall@{args.k} "
               f"{r['recall']:.4f}")
