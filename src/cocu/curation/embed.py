@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,9 @@ from cocu.data.reader import Sample, iter_samples
 from cocu.data.skips import SkipCounter
 from cocu.data.transforms import exif_to_rgb
 from cocu.utils.atomic import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from cocu.curation.encoder import FrozenClip
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +228,7 @@ def _decode(sample: Sample, skips: SkipCounter) -> Image.Image | None:
 
 def embed_dataset(
     data_spec: str | Path | Sequence[str | Path],
-    encoder,
+    encoder: FrozenClip,
     out_dir: str | Path,
     *,
     batch_size: int = 256,

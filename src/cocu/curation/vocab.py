@@ -21,12 +21,15 @@ import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from cocu.text.prompts import SIMPLE_TEMPLATE
 from cocu.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from cocu.curation.encoder import FrozenClip
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +421,7 @@ def concept_prompt(concept: str) -> str:
     return SIMPLE_TEMPLATE.format(concept)
 
 
-def write_vocab_dir(vocab: Vocabulary, encoder, out_dir: str | Path) -> Path:
+def write_vocab_dir(vocab: Vocabulary, encoder: FrozenClip, out_dir: str | Path) -> Path:
     """Write ``concepts.txt`` + ``concept_emb.npy`` (row-aligned, float32 L2-normalised text embeddings
     of "a photo of a {concept}.") + ``vocab.txt`` (with aliases) + ``vocab_info.json`` into ``out_dir``."""
     out = Path(out_dir)
