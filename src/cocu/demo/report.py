@@ -24,7 +24,7 @@ p.lead { font-size: 1.05em; color: #3a4252; max-width: 60em; }
 .stat .v { font-size: 1.7em; font-weight: 700; } .stat .k { color: #566070; font-size: 0.85em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #d4dae6; padding: 0.35em 0.6em; text-align: right; vertical-align: top; }
-th { background: #eef2f8; } td.name, th.name { text-align: left; }
+th { background: #eef2f8; } td { white-space: nowrap; } td.name, th.name { text-align: left; white-space: normal; }
 td.gt, th.gt { background: #fff6dc; font-weight: 700; }
 td.na { color: #9aa3b2; text-align: center; }
 tr.cocu td { background: #eaf7ee; } tr.cocu td.gt { background: #f4efcc; }
