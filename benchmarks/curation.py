@@ -15,7 +15,7 @@ Measured in one run (``--threads`` faiss/BLAS threads; timings are wall clock on
    batched curation of ``--exact-anchors`` anchors (search, expansion, ranking, clustering, archive part
    writing) vs. a plain loop written from the paper's equations (one index query per anchor, a Python loop
    over its concepts) on ``--loop-anchors`` of them; both must give the same scores. Goal: >= 40x.
-2. ``--n-approx`` images, approximate index tuned to recall@k >= 0.95 (kind ``--approx-kind``): anchors/s
+2. ``--n-approx`` images, approximate index tuned to recall@k >= 0.95 (``--approx-kind``, default ``auto``): anchors/s
    of our curation over ``--approx-anchors`` anchors (0 = all) end to end, the recall@k of the neighbours
    it used against exact search on 1000 anchors, and the peak memory. Goal: >= 10,000 anchors/s.
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop-anchors", type=int, default=300, help="anchors the per-anchor loop times in goal 1")
     p.add_argument("--n-approx", type=int, default=1_000_000, help="images of goal 2 (approximate index); 0 = skip")
     p.add_argument("--approx-anchors", type=int, default=0, help="anchors timed in goal 2 (0 = all)")
-    p.add_argument("--approx-kind", default="ivfpq", help="index kind of goal 2 (make_index kinds)")
+    p.add_argument("--approx-kind", default="auto", help="index kind of goal 2 (make_index kinds; auto = the index module's choice)")
     p.add_argument("--nlist", type=int, help="inverted lists of goal 2's index (default: make_index's)")
     p.add_argument("--nprobe", type=int, help="fix goal 2's nprobe instead of tuning it")
     p.add_argument("--k-factor", type=int, help="fix goal 2's re-ranking factor instead of tuning it")
