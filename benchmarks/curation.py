@@ -3,13 +3,14 @@
 Synthetic embeddings with the clustered structure of CLIP image embeddings: ``--centres`` random unit
 centres (images spread uniformly over them); an image is its centre plus variation in a shared
 ``--rank``-dimensional subspace (the within-cluster attributes that make some members nearer than others)
-plus isotropic (uniform, zero-mean) noise, L2-normalised (cosine to its centre about 0.85, to a random member of its cluster
-about 0.7). Each centre has a topic of 6 concepts drawn from a Zipf-like popularity over the ``--vocab``
-concepts; a caption holds 1-5 distinct concepts, each from its centre's topic with probability 0.85 or
-else from the overall popularity. A concept's prompt embedding is the normalised sum of the centres whose
+plus isotropic (uniform, zero-mean) noise, L2-normalised (cosine to its centre about 0.85, to a random
+member of its cluster about 0.7). Each centre has a topic of 6 concepts drawn from a Zipf-like popularity
+over the ``--vocab`` concepts; a caption holds 1-5 distinct concepts, each from its centre's topic with
+probability 0.85 or else from the overall popularity. A concept's prompt embedding is the normalised sum of the centres whose
 topic holds it plus a random direction of twice that weight (image-text cosines of about 0.1-0.4).
 
-Measured in one run (``--threads`` faiss/BLAS threads; timings are wall clock on a shared machine):
+Measured in one run (``--threads`` faiss threads; wall clock and process CPU time are both reported, as
+the machine may be shared):
 
 1. ``--n-exact`` images, exact index (:func:`cocu.curation.index.make_index` kind ``exact``): our
    batched curation of ``--exact-anchors`` anchors (search, expansion, ranking, clustering, archive part
@@ -156,14 +157,17 @@ def exact_goal(args, out: Path) -> dict:
         search_wall, search_cpu = time_search(curator, anchors[:2048], args.chunk)
         loop_anchors = anchors[:: max(1, len(anchors) // args.loop_anchors)][: args.loop_anchors]
         start, cpu = time.perf_counter(), time.process_time()
-        reference = {int(a): loop_scores(index, images, captions, concept_emb, int(a), args.neighbors) for a in loop_anchors}
+        reference = {
+            int(a): loop_scores(index, images, captions, concept_emb, int(a), args.neighbors) for a in loop_anchors
+        }
         loop_s, loop_cpu = time.perf_counter() - start, time.process_time() - cpu
     position = {int(a): i for i, a in enumerate(anchors)}
     worst = 0.0
     for a, expected in reference.items():
         chunk_i, local = divmod(position[a], args.chunk)
         arch = results[chunk_i].archive
-        got = {int(c): float(s) for c, s in zip(arch.concept[local][arch.valid[local]], arch.score[local][arch.valid[local]])}
+        mine = arch.valid[local]
+        got = {int(c): float(s) for c, s in zip(arch.concept[local][mine], arch.score[local][mine])}
         assert got.keys() == expected.keys(), f"anchor {a}: archive {sorted(got)} != loop {sorted(expected)}"
         for c, value in expected.items():
             assert abs(got[c] - value) <= 1e-4 * max(1.0, abs(value)), f"anchor {a} concept {c}: {got[c]} != {value}"
@@ -189,8 +193,8 @@ def approx_goal(args, out: Path) -> dict:
     images, captions, concept_emb = make_world(args.n_approx, args.dim, args.centres, args.vocab, args.rank, args.seed)
     print(f"[approx] world {args.n_approx} x {args.dim} in {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
-    index, info = make_index(images, kind=args.approx_kind, k_check=args.neighbors, threads=args.threads, seed=args.seed,
-                             nlist=args.nlist, nprobe=args.nprobe, k_factor=args.k_factor)
+    index, info = make_index(images, kind=args.approx_kind, k_check=args.neighbors, threads=args.threads,
+                             seed=args.seed, nlist=args.nlist, nprobe=args.nprobe, k_factor=args.k_factor)
     build_s = time.perf_counter() - t0
     print(f"[approx] index {info.kind} {info.params} built and tuned in {build_s:.1f} s: recall@{args.neighbors} "
           f"{info.recall_at_k}, {info.queries_per_second} queries/s", flush=True)
@@ -201,7 +205,9 @@ def approx_goal(args, out: Path) -> dict:
         t0, cpu0 = time.perf_counter(), time.process_time()
         curator = Curator(images, captions, concept_emb, index_search(index, args.threads), params)
         setup_s, setup_cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab)
+        ours_s, ours_cpu, results = curate_timed(
+            curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab
+        )
         search_wall, search_cpu = time_search(curator, anchors[: min(count, 4 * args.chunk)], args.chunk)
         check = np.random.default_rng(args.seed + 2).choice(count, size=min(1000, count), replace=False)
         _, truth = exact_neighbors(images, images[check], args.neighbors + 1)
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop-anchors", type=int, default=300, help="anchors the per-anchor loop times in goal 1")
     p.add_argument("--n-approx", type=int, default=1_000_000, help="images of goal 2 (approximate index); 0 = skip")
     p.add_argument("--approx-anchors", type=int, default=0, help="anchors timed in goal 2 (0 = all)")
-    p.add_argument("--approx-kind", default="auto", help="index kind of goal 2 (make_index kinds; auto = the index module's choice)")
+    p.add_argument("--approx-kind", default="auto",
+                   help="index kind of goal 2 (make_index kinds; auto = the index module's choice)")
     p.add_argument("--nlist", type=int, help="inverted lists of goal 2's index (default: make_index's)")
     p.add_argument("--nprobe", type=int, help="fix goal 2's nprobe instead of tuning it")
     p.add_argument("--k-factor", type=int, help="fix goal 2's re-ranking factor instead of tuning it")

@@ -165,7 +165,9 @@ def _load_embeddings(dirs: list[Path]) -> tuple[emb_mod.Embeddings, list[list[st
         if rejected_file.is_file():
             rejected.update(pq.read_table(rejected_file, columns=["reason"]).column("reason").to_pylist())
     if len(truth) != len(merged.keys):
-        raise ValueError(f"metadata of {', '.join(map(str, dirs))} lists {len(truth)} rows but the embeddings {len(merged.keys)}")
+        raise ValueError(
+            f"metadata of {', '.join(map(str, dirs))} lists {len(truth)} rows but the embeddings {len(merged.keys)}"
+        )
     return merged, truth if any_truth else None, dict(rejected)
 
 
@@ -202,7 +204,9 @@ def _concept_lists(
         true = TrueConcepts.from_names(mapped, index)
     arrays = {"indptr": caption_ids.indptr, "indices": caption_ids.indices}
     if true is not None:
-        arrays.update(t_indptr=true.ids.indptr, t_indices=true.ids.indices, t_unmapped=true.unmapped, t_known=true.known)
+        arrays.update(
+            t_indptr=true.ids.indptr, t_indices=true.ids.indices, t_unmapped=true.unmapped, t_known=true.known
+        )
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -215,7 +219,9 @@ def _vocabulary(vocab_dir: Path) -> vocab_mod.Vocabulary:
     with_aliases = vocab_dir / vocab_mod.VOCAB_FILE
     vocab = vocab_mod.Vocabulary.from_file(with_aliases) if with_aliases.is_file() else vocab_mod.Vocabulary(concepts)
     if vocab.concepts != concepts:
-        raise ValueError(f"{with_aliases} and {vocab_dir / vocab_mod.CONCEPTS_FILE} list different concepts; rerun `cocu vocab`")
+        raise ValueError(
+            f"{with_aliases} and {vocab_dir / vocab_mod.CONCEPTS_FILE} list different concepts; rerun `cocu vocab`"
+        )
     return vocab
 
 
@@ -335,7 +341,8 @@ def write_curated_shards(data_spec, run: Path, out_dir: Path, samples_per_shard:
     skipped: Counter[str] = Counter()
     written = 0
     with ShardWriter(out_dir, prefix="shard", samples_per_shard=samples_per_shard) as writer:
-        for sample in tqdm(iter_samples(data_spec, decode_images=False, skips=SkipCounter()), desc="shards", unit="sample"):
+        samples = iter_samples(data_spec, decode_images=False, skips=SkipCounter())
+        for sample in tqdm(samples, desc="shards", unit="sample"):
             row = rows.get(sample.key)
             if row is None:
                 skipped[NOT_CURATED] += 1
