@@ -6,8 +6,9 @@ centres (images spread uniformly over them); an image is its centre plus variati
 plus isotropic (uniform, zero-mean) noise, L2-normalised (cosine to its centre about 0.85, to a random
 member of its cluster about 0.7). Each centre has a topic of 6 concepts drawn from a Zipf-like popularity
 over the ``--vocab`` concepts; a caption holds 1-5 distinct concepts, each from its centre's topic with
-probability 0.85 or else from the overall popularity. A concept's prompt embedding is the normalised sum of the centres whose
-topic holds it plus a random direction of twice that weight (image-text cosines of about 0.1-0.4).
+probability 0.85 or else from the overall popularity. A concept's prompt embedding is the normalised sum
+of the centres whose topic holds it plus a random direction of twice that weight (image-text cosines of
+about 0.1-0.4).
 
 Measured in one run (``--threads`` faiss threads; wall clock and process CPU time are both reported, as
 the machine may be shared):
