@@ -431,3 +431,15 @@ def test_writer_rejects_bad_keys_members_and_duplicates(tmp_path):
     with pytest.raises(RuntimeError, match="closed"):
         writer.write("later", {"txt": b"x"})
     assert writer.num_samples == 1 and len(writer.paths) == 1
+
+
+def test_curated_concepts_member_is_read_into_meta_not_skipped(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="JPEG")
+    with ShardWriter(tmp_path, prefix="cur", samples_per_shard=10) as writer:
+        writer.write("k0", {"jpg": buf.getvalue(), "txt": b"a red square", "json": b'{"concepts": {"sky": 1.0}}',
+                            "concepts.json": b'{"concepts": ["sky"], "scores": [0.5]}'})
+    skips = SkipCounter()
+    (sample,) = list(iter_samples(str(tmp_path), skips=skips))
+    assert skips.total == 0
+    assert sample.meta == {"concepts": {"sky": 1.0}, "curated": {"concepts": ["sky"], "scores": [0.5]}}

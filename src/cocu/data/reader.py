@@ -53,9 +53,10 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png")
 CAPTION_EXTS: tuple[str, ...] = ("txt", "text")
 META_EXT = "json"
+CURATED_EXT = "concepts.json"  # written by `cocu curate --write-shards`; read into ``meta["curated"]``
 TAR_SUFFIX = ".tar"
 CAPTIONS_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".parquet")
-_USED_EXTS = frozenset(IMAGE_EXTS + CAPTION_EXTS + (META_EXT,))
+_USED_EXTS = frozenset(IMAGE_EXTS + CAPTION_EXTS + (META_EXT, CURATED_EXT))
 _RESERVED_COLUMNS = frozenset({"image", "caption", "key"})
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
@@ -84,6 +85,7 @@ class _Raw:
     image: bytes | None
     caption: bytes | str | None
     meta: bytes | dict | None
+    curated: bytes | None = None
     where: str = ""
     image_problem: str = ""
     extra: list[str] = field(default_factory=list)
@@ -164,7 +166,9 @@ def _pick(members: dict[str, bytes], exts: tuple[str, ...], raw: _Raw) -> bytes 
 
 
 def _raw_from_members(key: str, members: dict[str, bytes], source: str) -> _Raw:
-    raw = _Raw(key=key, source=source, image=None, caption=None, meta=members.get(META_EXT))
+    raw = _Raw(
+        key=key, source=source, image=None, caption=None, meta=members.get(META_EXT), curated=members.get(CURATED_EXT)
+    )
     raw.image = _pick(members, IMAGE_EXTS, raw)
     raw.caption = _pick(members, CAPTION_EXTS, raw)
     if raw.image is None:
@@ -308,17 +312,24 @@ def _decode_image(data: bytes) -> Image.Image:
     return exif_to_rgb(img)
 
 
-def _parse_meta(raw: _Raw, skips: SkipCounter) -> dict | None:
-    if raw.meta is None or isinstance(raw.meta, dict):
-        return raw.meta
+def _json_object(data: bytes, raw: _Raw, skips: SkipCounter) -> dict | None:
     try:
-        meta = json.loads(raw.meta.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"))
     except (UnicodeError, json.JSONDecodeError) as exc:
         skips.add(reasons.BAD_JSON, raw.key, raw.source, str(exc))
         return None
-    if not isinstance(meta, dict):
-        skips.add(reasons.BAD_JSON, raw.key, raw.source, f"json member is a {type(meta).__name__}, not an object")
+    if not isinstance(value, dict):
+        skips.add(reasons.BAD_JSON, raw.key, raw.source, f"json member is a {type(value).__name__}, not an object")
         return None
+    return value
+
+
+def _parse_meta(raw: _Raw, skips: SkipCounter) -> dict | None:
+    meta = raw.meta if raw.meta is None or isinstance(raw.meta, dict) else _json_object(raw.meta, raw, skips)
+    if raw.curated is not None:
+        curated = _json_object(raw.curated, raw, skips)
+        if curated is not None:
+            meta = {**(meta or {}), "curated": curated}
     return meta
 
 
