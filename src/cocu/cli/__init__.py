@@ -1,6 +1,6 @@
 """The `cocu` command line: one sub-command per module of this package.
 
-Every module in `cocu.cli` other than this one defines ``register(subparsers)``, which adds its
+Every public module in `cocu.cli` (private helpers start with ``_``) defines ``register(subparsers)``, which adds its
 parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
 Library code never sees argparse.
 """
@@ -17,7 +17,7 @@ from typing import Sequence
 def command_modules() -> list[str]:
     """Module names in `cocu.cli`; the command is the name with dashes (`eval_seg` -> `eval-seg`)."""
     package = importlib.import_module(__name__)
-    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_"))
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -8,15 +8,9 @@ import sys
 from cocu.evaluation.benchmarks import TEMPLATE_SETS, prompt_templates, read_classnames_file
 from cocu.evaluation.cls_eval import evaluate_classification, open_image_folder
 from cocu.evaluation.encoders import ZeroShotModel
+from cocu.cli._args import positive_int
 from cocu.models.bundle import load_bundle
 from cocu.utils.atomic import atomic_write_json
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", required=True, help="image folder root (one sub-folder per class)")
     p.add_argument("--out", metavar="FILE", help="write the scores as JSON")
     p.add_argument("--classnames", metavar="FILE", help="class names, one a line, in sorted folder order")
-    p.add_argument("--limit", type=_positive_int, help="evaluate only N images (spread over the classes)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only N images (spread over the classes)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--templates", choices=TEMPLATE_SETS, default="imagenet80", help="prompt templates")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -10,15 +10,9 @@ from cocu.evaluation.benchmarks import TEMPLATE_SETS, benchmark_names, get_bench
 from cocu.evaluation.datasets import open_dataset
 from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.seg_eval import SegEvalOptions, evaluate_segmentation
+from cocu.cli._args import positive_int
 from cocu.models.bundle import load_bundle
 from cocu.utils.atomic import atomic_write_json
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,14 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", required=True, help="data set root (its standard layout, or a folder above it)")
     p.add_argument("--save-predictions", metavar="DIR", help="write each predicted label map as DIR/<image>.png")
     p.add_argument("--out", metavar="FILE", help="write the scores as JSON")
-    p.add_argument("--short-side", type=_positive_int, help="resize the short side to this many pixels")
-    p.add_argument("--max-long-side", type=_positive_int, help="cap the long side after resizing")
-    p.add_argument("--crop", type=_positive_int, help="sliding-window crop size")
-    p.add_argument("--stride", type=_positive_int, help="sliding-window stride")
+    p.add_argument("--short-side", type=positive_int, help="resize the short side to this many pixels")
+    p.add_argument("--max-long-side", type=positive_int, help="cap the long side after resizing")
+    p.add_argument("--crop", type=positive_int, help="sliding-window crop size")
+    p.add_argument("--stride", type=positive_int, help="sliding-window stride")
     p.add_argument("--bg-thresh", type=float, help="background threshold (benchmarks with a background class)")
-    p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="crops per forward pass (default 4)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="crops per forward pass (default 4)")
     p.add_argument(
         "--templates",
         choices=TEMPLATE_SETS,

@@ -14,15 +14,9 @@ from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.overlay import render_overlay
 from cocu.evaluation.seg_eval import save_label_map
 from cocu.evaluation.segmenter import segment_with_labels, user_protocol
+from cocu.cli._args import positive_int
 from cocu.models.bundle import load_bundle
 from cocu.utils.atomic import atomic_path
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def parse_labels(text: str) -> list[str]:
@@ -46,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "sky,grass,dog"')
     p.add_argument("--out", help="overlay PNG to write (default: <image stem>_overlay.png here)")
     p.add_argument("--bg-thresh", type=float, help="pixels whose best score is below this become background")
-    p.add_argument("--short-side", type=_positive_int, help="resize the short side (default 2x model size)")
-    p.add_argument("--crop", type=_positive_int, help="sliding-window crop (default 2x model size)")
-    p.add_argument("--stride", type=_positive_int, help="sliding-window stride (default crop / 2)")
+    p.add_argument("--short-side", type=positive_int, help="resize the short side (default 2x model size)")
+    p.add_argument("--crop", type=positive_int, help="sliding-window crop (default 2x model size)")
+    p.add_argument("--stride", type=positive_int, help="sliding-window stride (default crop / 2)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--templates", choices=TEMPLATE_SETS, default="imagenet80", help="prompt templates")
     p.set_defaults(func=run)
