@@ -11,11 +11,11 @@ Kinds:
 - ``hnsw``: ``IndexHNSWFlat`` graph; parameter ``efSearch``.
 - ``auto``: ``exact`` up to ``exact_max`` vectors, else :data:`AUTO_APPROXIMATE` = ``ivfsq``, chosen by
   measurement with ``benchmarks/index_choice.py`` (clustered 512-d vectors, 2 faiss threads, kinds
-  measured in interleaved rounds): at 1M vectors IVF2048 with SQ8 codes and exact re-ranking answered
-  ~16.6k queries/s per 2 busy cores at recall@8 0.9996 against ~11.5k for IVF2048-flat at the same recall
-  (it reads 4x fewer bytes per scanned vector), both built in ~2 CPU-minutes; 4-bit fast-scan PQ needed
-  re-ranking factors of 16-32 for recall 0.95 and was slower, and HNSW needed minutes of graph building
-  per 200k vectors.
+  measured in interleaved rounds on a shared machine, throughput per 2 busy cores): at 1M vectors
+  IVF4096 + SQ8 + exact re-ranking answered ~13-15k queries/s at recall@8 0.998 (nprobe 2) against ~10k
+  for IVF4096-flat at the same recall (it reads 4x fewer bytes per scanned vector); at 200k, ivfsq 21.9k,
+  ivf 14.2k, 4-bit fast-scan PQ 6.8k (it needed re-ranking factor 32 for recall 0.95) and HNSW32 4.1k
+  (efSearch 96, and 219 s to build 200k). An HNSW coarse quantizer was neither faster nor as accurate.
 
 An approximate index is trained on a random sample, then its search parameters are tuned on
 ``n_check`` database vectors used as queries (as curation's anchors are): the cheapest setting whose
