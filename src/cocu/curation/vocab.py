@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from cocu.resources import CLASSNAME_SETS
 from cocu.text.prompts import SIMPLE_TEMPLATE
 from cocu.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
@@ -34,17 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_NGRAM = 4
-CLASSNAME_FILES: tuple[str, ...] = (
-    "voc",
-    "context",
-    "coco-object",
-    "imagenet-s50",
-    "imagenet-s300",
-    "cityscapes",
-    "ade20k",
-    "coco-stuff",
-    "imagenet",
-)
+CLASSNAME_FILES = CLASSNAME_SETS
 STUFF_QUALIFIER_FILES = frozenset({"coco-stuff"})
 """Files whose ``head-qualifier`` names (``wall-brick``, ``floor-marble``) name the head concept."""
 STRIP_SUFFIXES: tuple[str, ...] = ("-other", "-merged", "-stuff")

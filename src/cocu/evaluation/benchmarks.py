@@ -15,20 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from cocu.resources import CLASSNAME_SETS
 from cocu.text.prompts import SIMPLE_TEMPLATE, imagenet_templates
 
 BACKGROUND = "background"
-CLASSNAME_SETS = (
-    "voc",
-    "context",
-    "coco-object",
-    "imagenet-s50",
-    "imagenet-s300",
-    "cityscapes",
-    "ade20k",
-    "coco-stuff",
-    "imagenet",
-)
 
 
 @dataclass(frozen=True)
