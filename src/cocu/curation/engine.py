@@ -98,7 +98,9 @@ class Curator:
 
     ``image_emb``: float32 [n, d] L2-normalised; ``captions``: caption concept ids per row; ``concept_emb``:
     float32 [V, d] L2-normalised prompt embeddings; ``search``: nearest-neighbour search over the image
-    embeddings (``vision``) or the caption embeddings (``lang``) returning global row ids.
+    embeddings (``vision``) or the caption embeddings (``lang``) returning global row ids; ``neighbor_table``:
+    int64 [n, k] every row's neighbours already found (self excluded, e.g. by :func:`.knn.self_neighbors`),
+    used instead of ``search`` (which may then be ``None``).
     """
 
     def __init__(
@@ -106,9 +108,10 @@ class Curator:
         image_emb: np.ndarray,
         captions: CaptionConcepts,
         concept_emb: np.ndarray,
-        search: SearchFn,
+        search: SearchFn | None,
         params: CurationParams,
         truth: TrueConcepts | None = None,
+        neighbor_table: np.ndarray | None = None,
     ) -> None:
         if image_emb.shape[0] != len(captions):
             raise ValueError(f"{image_emb.shape[0]} image embeddings but {len(captions)} caption concept lists")
@@ -116,7 +119,14 @@ class Curator:
             raise ValueError(
                 f"image embeddings have dim {image_emb.shape[1]} but concept embeddings dim {concept_emb.shape[1]}"
             )
+        if neighbor_table is None and search is None:
+            raise ValueError("the curator needs a search function or a neighbour table")
+        if neighbor_table is not None and neighbor_table.shape != (image_emb.shape[0], params.neighbors):
+            raise ValueError(
+                f"neighbour table has shape {neighbor_table.shape}; expected ({image_emb.shape[0]}, {params.neighbors})"
+            )
         self.image_emb = image_emb
+        self.neighbor_table = neighbor_table
         self.captions = captions
         self.concept_emb = np.ascontiguousarray(concept_emb, dtype=np.float32)
         self.search = search
@@ -129,6 +139,9 @@ class Curator:
 
     def neighbors(self, rows: np.ndarray) -> np.ndarray:
         """int64 [b, k]: the anchors' neighbour rows, nearest first, self excluded (-1 = none)."""
+        if self.neighbor_table is not None:
+            return self.neighbor_table[rows]
+        assert self.search is not None
         queries = np.ascontiguousarray(self.image_emb[rows])  # [b, d]
         return find_neighbors(self.search, queries, rows, self.params.neighbors)[0]
 

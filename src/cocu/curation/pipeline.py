@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from cocu.curation import embed as emb_mod
 from cocu.curation import index as index_mod
+from cocu.curation import knn as knn_mod
 from cocu.curation import vocab as vocab_mod
 from cocu.curation.archive import CURATION_DIR, ArchiveLookup, archive_table, part_path, read_part_meta, write_part
 from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summarize_stats
@@ -291,10 +293,13 @@ def run_curation_stage(
     todo = [b for b in bounds if b[0] % ranks.world == ranks.rank and finished(*b) is None]
     if todo:
         logger.info("curating %d of %d part(s) (%d anchors each)", len(todo), num_parts, cfg.chunk_size)
-        curator = Curator(emb.image, caption_ids, concept_emb, index_search(index, cfg.threads), cfg.params(), true)
+        todo_anchors = sum(stop - start for _, start, stop in todo)
+        table = _self_join_table(index, emb.image, cfg, todo_anchors)
+        search = None if table is not None else index_search(index, cfg.threads)
+        curator = Curator(emb.image, caption_ids, concept_emb, search, cfg.params(), true, neighbor_table=table)
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
         names = pa.array(vocab.concepts, pa.string())
-        progress = tqdm(total=sum(stop - start for _, start, stop in todo), desc="curate", unit="anchor")
+        progress = tqdm(total=todo_anchors, desc="curate", unit="anchor")
         chunks = ((i, anchors[start:stop]) for i, start, stop in todo)
         span = {i: (start, stop) for i, start, stop in todo}
         for i, result in curator.curate_chunks(chunks, cfg.seed):
@@ -316,6 +321,16 @@ def run_curation_stage(
             raise RuntimeError(f"archive part {part_path(run, b[0])} is missing after curation")
         stats.append(meta["stats"])
     return stats, rejected, samples_in
+
+
+def _self_join_table(index, image: np.ndarray, cfg: CurateConfig, todo_anchors: int) -> np.ndarray | None:
+    """Every row's neighbours by the exact self-join (:mod:`.knn`) when that is cheaper than searching the
+    exact index chunk by chunk: image-to-image expansion over an exact index with at least half of the rows
+    still to curate (the join computes half of all pairs); else ``None``."""
+    if cfg.expansion != "vision" or not isinstance(index, faiss.IndexFlat) or 2 * todo_anchors < image.shape[0]:
+        return None
+    logger.info("exact self-join of %d images for their %d nearest neighbours", image.shape[0], cfg.neighbors)
+    return knn_mod.self_neighbors(image, cfg.neighbors, threads=cfg.threads, progress=True)
 
 
 def _first_occurrences(keys: list[str]) -> np.ndarray:

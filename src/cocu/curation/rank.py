@@ -28,11 +28,15 @@ EPS = 1e-6
 
 
 def rowwise_cos(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray, block: int = 512) -> np.ndarray:
-    """``out[j] = a[a_rows[j]] . b[b_rows[j]]`` (float32 [t]), gathered in small blocks that stay in cache."""
-    out = np.empty(a_rows.shape[0], dtype=np.float32)
+    """``out[j] = a[a_rows[j]] . b[b_rows[j]]`` (float64 [t], accumulated in float64), gathered in small blocks
+    that stay in cache.
+
+    Float64 because eq. 7 is ill-conditioned where the cosines sit near the ``EPS`` floor: a float32 rounding
+    error of 6e-8 in a cosine of 3e-6 moved ``s_b`` by 1e-3 (seen in ``benchmarks/curation.py``)."""
+    out = np.empty(a_rows.shape[0], dtype=np.float64)
     for start in range(0, a_rows.shape[0], block):
         stop = start + block
-        out[start:stop] = np.einsum("ij,ij->i", a[a_rows[start:stop]], b[b_rows[start:stop]])
+        out[start:stop] = np.einsum("ij,ij->i", a[a_rows[start:stop]], b[b_rows[start:stop]], dtype=np.float64)
     return out
 
 
@@ -48,7 +52,7 @@ def segment_max(values: np.ndarray, segment: np.ndarray, num_segments: int) -> n
 def caption_concept_cos(image_emb: np.ndarray, concept_emb: np.ndarray, captions: CaptionConcepts) -> np.ndarray:
     """cos(t_c, x_j) for every caption concept c of every sample j, aligned with ``captions.indices``.
 
-    ``image_emb``: [n, d] L2-normalised; ``concept_emb``: [V, d] L2-normalised. Returns float32 [nnz]. A
+    ``image_emb``: [n, d] L2-normalised; ``concept_emb``: [V, d] L2-normalised. Returns float64 [nnz]. A
     neighbour's cosines to its own caption concepts do not depend on the anchor, so they are computed once.
     """
     rows = np.repeat(np.arange(len(captions), dtype=np.int64), captions.lengths)
@@ -72,11 +76,11 @@ def score_chunk(
     p = chunk.pair_anchor.shape[0]
     s_a = rowwise_cos(anchor_emb, chunk.pair_anchor, concept_emb, chunk.pair_concept)  # [p]
     if method == "naive":
-        return s_a
+        return s_a.astype(np.float32)
     ref_cos = caption_cos[chunk.ref_position]  # [r]
     n_ref = np.bincount(chunk.ref_pair, minlength=p)  # [p]
     ref_sum = np.bincount(chunk.ref_pair, weights=np.maximum(ref_cos, EPS), minlength=p)  # [p] float64
-    own = np.maximum(s_a.astype(np.float64), EPS)
+    own = np.maximum(s_a, EPS)
     s_b = np.where(n_ref == 0, 1.0, (1.0 + n_ref) * own / (own + ref_sum))
     if method == "t2v-paper":
         return (s_a + s_b).astype(np.float32)

@@ -1,0 +1,67 @@
+"""The exact self-join (:mod:`cocu.curation.knn`) against brute force, and the curator using its table."""
+
+import numpy as np
+import pytest
+
+from cocu.curation.engine import Curator, CurationParams
+from cocu.curation.expand import CaptionConcepts, find_neighbors
+from cocu.curation.index import make_index, search
+from cocu.curation.knn import self_knn, self_neighbors
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("block,sub_block", [(64, 16), (100, 100), (1000, 7)])
+def test_self_knn_equals_brute_force_for_any_tiling(block, sub_block):
+    # 333 rows: blocks of 64 leave a ragged last block, so row, column and diagonal updates all occur.
+    x = _unit(333, 24, seed=0)
+    scores, ids = self_knn(x, 6, block=block, sub_block=sub_block)
+    sims = x @ x.T  # [n, n]
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, expected, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_self_knn_pads_with_minus_one_when_the_set_is_smaller_than_k():
+    x = _unit(3, 8, seed=1)
+    scores, ids = self_knn(x, 5, block=2, sub_block=1)
+    assert ids.shape == (3, 5)
+    np.testing.assert_array_equal(ids[:, 3:], -1)
+    assert np.isneginf(scores[:, 3:]).all()
+    assert sorted(ids[0, :3].tolist()) == [0, 1, 2]
+
+
+def test_self_neighbors_equal_exact_index_search_without_the_row_itself():
+    x = _unit(500, 16, seed=2)
+    index, _ = make_index(x, kind="exact")
+    rows = np.arange(500)
+    expected, _ = find_neighbors(lambda q, k: search(index, q, k), x, rows, 8)
+    np.testing.assert_array_equal(self_neighbors(x, 8), expected)
+
+
+def test_curator_with_a_neighbour_table_gives_the_same_archive_as_with_search():
+    x = _unit(300, 16, seed=3)
+    rng = np.random.default_rng(4)
+    captions = CaptionConcepts.from_lists([rng.choice(20, size=rng.integers(1, 4), replace=False) for _ in range(300)])
+    concepts = _unit(20, 16, seed=5)
+    params = CurationParams(neighbors=5, labels=3)
+    index, _ = make_index(x, kind="exact")
+    with_search = Curator(x, captions, concepts, lambda q, k: search(index, q, k), params)
+    with_table = Curator(x, captions, concepts, None, params, neighbor_table=self_neighbors(x, 5))
+    rows = np.arange(0, 300, 3)
+    a = with_search.curate_rows(rows, np.random.default_rng(0))
+    b = with_table.curate_rows(rows, np.random.default_rng(0))
+    np.testing.assert_array_equal(a.neighbor_ids, b.neighbor_ids)
+    np.testing.assert_array_equal(a.archive.concept, b.archive.concept)
+    np.testing.assert_array_equal(a.archive.score, b.archive.score)
+    np.testing.assert_array_equal(a.clusters, b.clusters)
+
+
+def test_curator_rejects_a_neighbour_table_of_the_wrong_shape():
+    x = _unit(10, 4, seed=6)
+    captions = CaptionConcepts.from_lists([[0]] * 10)
+    with pytest.raises(ValueError, match="neighbour table has shape"):
+        Curator(x, captions, _unit(2, 4, seed=7), None, CurationParams(neighbors=3), neighbor_table=np.zeros((10, 2)))
