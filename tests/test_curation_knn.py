@@ -1,12 +1,13 @@
 """The exact self-join (:mod:`cocu.curation.knn`) against brute force, and the curator using its table."""
 
+import faiss
 import numpy as np
 import pytest
 
 from cocu.curation.engine import Curator, CurationParams
 from cocu.curation.expand import CaptionConcepts, find_neighbors
 from cocu.curation.index import make_index, search
-from cocu.curation.knn import self_knn, self_neighbors
+from cocu.curation.knn import ivf_self_knn, self_join, self_knn, self_neighbors
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -65,3 +66,54 @@ def test_curator_rejects_a_neighbour_table_of_the_wrong_shape():
     captions = CaptionConcepts.from_lists([[0]] * 10)
     with pytest.raises(ValueError, match="neighbour table has shape"):
         Curator(x, captions, _unit(2, 4, seed=7), None, CurationParams(neighbors=3), neighbor_table=np.zeros((10, 2)))
+
+
+def _clustered(n: int, d: int, centres: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = _unit(centres, d, seed + 100)
+    x = c[rng.integers(0, centres, n)] + 0.15 * rng.normal(size=(n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_ivf_self_knn_probing_every_list_is_exact():
+    x = _clustered(2000, 16, 20, seed=8)
+    index, _ = make_index(x, kind="ivf", nlist=16, nprobe=1)
+    scores, ids = ivf_self_knn(x, index, 5, lists_probed=16)
+    sims = x @ x.T
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, expected, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_ivf_self_knn_with_one_list_scans_only_the_rows_own_list():
+    x = _clustered(2000, 16, 20, seed=9)
+    index, _ = make_index(x, kind="ivf", nlist=16, nprobe=1)
+    _, ids = ivf_self_knn(x, index, 5, lists_probed=1)
+    _, assigned = faiss.extract_index_ivf(index).quantizer.search(x, 1)  # [n, 1] each row's list
+    assert (ids >= 0).all()
+    np.testing.assert_array_equal(assigned[ids, 0], np.repeat(assigned, 5, axis=1))
+
+
+def test_self_join_picks_exact_for_a_flat_index_and_reports_ivf_recall():
+    x = _clustered(3000, 16, 30, seed=10)
+    flat, _ = make_index(x, kind="exact")
+    exact = self_join(flat, x, 6)
+    assert exact is not None and exact.method == "exact" and exact.recall_at_k is None
+    np.testing.assert_array_equal(exact.neighbors, self_neighbors(x, 6))
+    ivf, _ = make_index(x, kind="ivfsq", nlist=32)
+    joined = self_join(ivf, x, 6, n_check=300)
+    assert joined is not None and joined.method == "ivf"
+    assert joined.params["lists_probed"] == faiss.extract_index_ivf(ivf).nprobe + 1
+    truth = exact.neighbors[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
+    found = joined.neighbors[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
+    measured = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(found, truth)])
+    assert joined.recall_at_k == pytest.approx(measured, abs=1e-4)
+    assert joined.recall_at_k >= 0.95
+
+
+def test_self_join_declines_an_hnsw_index_and_a_join_below_the_recall_floor():
+    x = _clustered(1500, 16, 15, seed=11)
+    hnsw, _ = make_index(x, kind="hnsw")
+    assert self_join(hnsw, x, 5) is None
+    ivf, _ = make_index(x, kind="ivf", nlist=16, nprobe=1)
+    assert self_join(ivf, x, 5, min_recall=1.01) is None

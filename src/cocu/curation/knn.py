@@ -1,25 +1,36 @@
-"""Exact k-nearest-neighbour self-join: the top-``k`` inner-product neighbours of every row of a set within
-the same set, as curation's vision-driven expansion needs when every image is an anchor.
+"""k-nearest-neighbour self-joins: the top-``k`` neighbours of every row of a set within the same set, as
+curation's vision-driven expansion needs when every image is an anchor. One pass over the set replaces one
+index query per row.
 
-Searching each row against an exact index costs ``n^2 * d`` multiply-adds; the similarity matrix of a set
-with itself is symmetric, so computing only the blocks on and above the diagonal halves that. Each
-off-diagonal block ``S = X_i X_j^T`` updates two sets of top-``k`` heaps: the rows of block ``i`` from
-``S``'s rows, and the rows of block ``j`` from ``S``'s columns. Row updates go straight to faiss' heap
-arrays; column updates first keep only the entries above the current ``k``-th best score of their
-column's row (a comparison and a ``flatnonzero``), since transposing a block costs as much memory traffic
-as the product itself. The diagonal blocks come first so every heap has a useful threshold before the
-column filtering starts. Results equal exact search up to float rounding (and the order of exact ties).
+Exact (:func:`self_knn`): searching each row against an exact index costs ``n^2 * d`` multiply-adds; the
+similarity matrix of a set with itself is symmetric, so computing only the blocks on and above the diagonal
+halves that. Each off-diagonal block ``S = X_i X_j^T`` updates two sets of top-``k`` heaps: the rows of
+block ``i`` from ``S``'s rows, and the rows of block ``j`` from ``S``'s columns. Row updates go straight to
+faiss' heap arrays; column updates first keep only the entries above the current ``k``-th best score of
+their column's row (a comparison and a ``flatnonzero``), since transposing a block costs as much memory
+traffic as the product itself. The diagonal blocks come first so every heap has a useful threshold before
+the column filtering starts. Results equal exact search up to float rounding (and the order of exact ties).
 Measured at 200k x 512 on 2 cores: about 1.5x faster than ``faiss.knn`` of every row against the set.
+
+Approximate (:func:`ivf_self_knn`): the inverted lists of an IVF index, list against nearby lists, as
+matrix products. :func:`self_join` picks the join that fits an index and measures its recall.
 """
 
 from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from cocu.curation.expand import drop_self
-from cocu.curation.index import faiss_threads
+from cocu.curation.index import exact_neighbors, faiss_threads, recall_at_k
+
+logger = logging.getLogger(__name__)
 
 BLOCK = 8192
 """Rows per block of the symmetric tiling (a block pair's product is ``BLOCK x BLOCK``)."""
@@ -110,3 +121,115 @@ def self_neighbors(vectors: np.ndarray, k: int, *, threads: int | None = None, p
     scores, ids = self_knn(vectors, k + 1, threads=threads, progress=progress)
     rows = np.arange(ids.shape[0], dtype=np.int64)
     return drop_self(ids, scores, rows)[0]
+
+
+def ivf_self_knn(
+    vectors: np.ndarray, index: faiss.Index, k: int, lists_probed: int, *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-``k`` neighbours of every row of ``vectors [n, d]`` among all rows (itself included),
+    through the inverted lists of ``index`` (an IVF index built over the same rows in the same order):
+    ``(scores [n, k] float32, ids [n, k] int64)``, best first, -1 / -inf where fewer were found.
+
+    The rows are taken list by list: the members of a list are scored, by one float32 matrix product,
+    against every member of the ``lists_probed`` lists whose centroids are nearest their list's centroid
+    (the list itself first). Unlike a per-query IVF search the probed lists are chosen per list, not per
+    row, and the scores are exact, not quantised; the recall is whatever the data give and is measured by
+    :func:`self_join`. At 1M clustered 512-d vectors (IVF4096) this took 13.5 us per row for 2 lists
+    (recall@8 0.994) and 19.9 us for 3 (0.9995), against 77 us per query for faiss' IVF-SQ8 search at the
+    same recall (2 cores).
+    """
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.ntotal != x.shape[0] or ivf.d != x.shape[1]:
+        raise ValueError(f"the index holds {ivf.ntotal} vectors of dim {ivf.d}; the vectors are {x.shape}")
+    nlist, lists = ivf.nlist, ivf.invlists
+    sizes = np.array([lists.list_size(i) for i in range(nlist)], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    members = np.empty(int(offsets[-1]), dtype=np.int64)  # row ids, list after list
+    for i in np.flatnonzero(sizes):
+        members[offsets[i] : offsets[i + 1]] = faiss.rev_swig_ptr(lists.get_ids(int(i)), int(sizes[i]))
+    centroids = ivf.quantizer.reconstruct_n(0, nlist)  # [nlist, d]
+    gram = centroids @ centroids.T  # [nlist, nlist]
+    np.fill_diagonal(gram, np.inf)  # a list probes itself first
+    probed = _top(gram, max(1, min(lists_probed, nlist)))[1]  # [nlist, P]
+    scores = np.full((x.shape[0], k), -np.inf, dtype=np.float32)
+    ids = np.full((x.shape[0], k), -1, dtype=np.int64)
+    for i in tqdm(np.flatnonzero(sizes), desc="self-join", unit="list", disable=not progress):
+        rows = members[offsets[i] : offsets[i + 1]]  # [m]
+        candidates = np.concatenate([members[offsets[j] : offsets[j + 1]] for j in probed[i]])  # [c]
+        found, position = _top(x[rows] @ x[candidates].T, k)  # [m, min(k, c)] each
+        scores[rows, : found.shape[1]] = found
+        ids[rows, : found.shape[1]] = candidates[position]
+    return scores, ids
+
+
+def _top(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``min(k, columns)`` largest ``values [m, c]`` and their columns, largest first."""
+    k = min(k, values.shape[1])
+    part = np.argpartition(-values, k - 1, axis=1)[:, :k] if k < values.shape[1] else np.argsort(-values, axis=1)
+    found = np.take_along_axis(values, part, axis=1)
+    order = np.argsort(-found, axis=1, kind="stable")
+    return np.take_along_axis(found, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+@dataclass
+class SelfJoin:
+    """Neighbours of every row found by a self-join: ``neighbors`` int64 [n, k] (self excluded, -1 = none) and
+    how: ``method`` (``exact`` or ``ivf``), ``params``, ``recall_at_k`` against exact search on ``n_check``
+    random rows (``None`` for ``exact``) and ``seconds``."""
+
+    neighbors: np.ndarray
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    recall_at_k: float | None = None
+    n_check: int = 0
+    seconds: float = 0.0
+
+    def info(self) -> dict[str, Any]:
+        return {"method": f"{self.method} self-join", "params": self.params, "recall_at_k": self.recall_at_k,
+                "n_check": self.n_check, "seconds": round(self.seconds, 2)}
+
+
+def worth_self_join(n: int, anchors: int) -> bool:
+    """A self-join finds every row's neighbours at once; it pays when at least half of the rows are anchors."""
+    return 2 * anchors >= n
+
+
+def self_join(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    k: int,
+    *,
+    threads: int | None = None,
+    n_check: int = 300,
+    min_recall: float = 0.95,
+    seed: int = 0,
+    progress: bool = False,
+) -> SelfJoin | None:
+    """Every row's ``k`` nearest other rows of ``vectors [n, d]`` (the rows ``index`` holds, in its order) by
+    the self-join that fits the index, or ``None`` when there is none (HNSW and other kinds) or when the
+    IVF join's recall@k, measured on ``n_check`` rows, falls below ``min_recall`` (the caller then searches
+    the index row by row). IVF probes one list more than the index's own ``nprobe``."""
+    start = time.perf_counter()
+    with faiss_threads(threads):
+        if isinstance(index, faiss.IndexFlat):
+            return SelfJoin(self_neighbors(vectors, k, progress=progress), "exact",
+                            seconds=time.perf_counter() - start)
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            return None
+        lists_probed = int(ivf.nprobe) + 1
+        scores, ids = ivf_self_knn(vectors, index, k + 1, lists_probed, progress=progress)
+        neighbors = drop_self(ids, scores, np.arange(ids.shape[0], dtype=np.int64))[0]
+        rows = np.sort(np.random.default_rng(seed).choice(ids.shape[0], size=min(n_check, ids.shape[0]), replace=False))
+        _, truth = exact_neighbors(vectors, vectors[rows], k + 1)
+        recall = recall_at_k(neighbors[rows], truth, k, rows)
+    joined = SelfJoin(neighbors, "ivf", {"lists_probed": lists_probed, "nlist": int(ivf.nlist)}, round(recall, 4),
+                      len(rows), time.perf_counter() - start)
+    if recall < min_recall:
+        logger.warning("IVF self-join recall@%d %.4f on %d rows is below %.2f: searching the index instead",
+                       k, recall, len(rows), min_recall)
+        return None
+    logger.info("IVF self-join probing %d lists: recall@%d %.4f on %d rows", lists_probed, k, recall, len(rows))
+    return joined

@@ -9,7 +9,10 @@ Stages and outputs (``RUN`` = the output folder):
 4. ``curation``: ``RUN/curation/archive-{i}.parquet`` (:mod:`.archive`), part ``i`` = anchors
    ``[i * chunk_size, (i + 1) * chunk_size)`` of the embedding rows with distinct keys (a repeated key is
    rejected as ``duplicate_key``); a finished part is never redone. Caption concepts are extracted once
-   into ``RUN/curation/concept_lists.npz``.
+   into ``RUN/curation/concept_lists.npz``. With ``vision`` expansion and at least half of the rows to
+   curate, neighbours come from one self-join over an exact or IVF index (:mod:`.knn`) instead of a search
+   per chunk; ``RUN/curation/neighbor_search.json`` (and the summary's ``neighbor_search``) says which,
+   with the IVF join's measured recall@k.
 5. ``shards`` (``write_shards``): the input shards again with a ``{key}.concepts.json`` member, ``RUN/shards/``.
 
 ``RUN/summary.json`` (rewritten at every run from the parts' recorded counts) holds the sample counts,
@@ -28,7 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,6 +54,7 @@ from cocu.utils.atomic import atomic_path, atomic_write_json
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+NEIGHBOR_SEARCH_FILE = "neighbor_search.json"
 CONCEPT_LISTS = "concept_lists.npz"
 CONCEPTS_MEMBER = "concepts.json"
 NOT_CURATED = "not_curated"
@@ -294,7 +297,7 @@ def run_curation_stage(
     if todo:
         logger.info("curating %d of %d part(s) (%d anchors each)", len(todo), num_parts, cfg.chunk_size)
         todo_anchors = sum(stop - start for _, start, stop in todo)
-        table = _self_join_table(index, emb.image, cfg, todo_anchors)
+        table = _self_join(run, index, emb.image, cfg, todo_anchors)
         search = None if table is not None else index_search(index, cfg.threads)
         curator = Curator(emb.image, caption_ids, concept_emb, search, cfg.params(), true, neighbor_table=table)
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
@@ -323,14 +326,19 @@ def run_curation_stage(
     return stats, rejected, samples_in
 
 
-def _self_join_table(index, image: np.ndarray, cfg: CurateConfig, todo_anchors: int) -> np.ndarray | None:
-    """Every row's neighbours by the exact self-join (:mod:`.knn`) when that is cheaper than searching the
-    exact index chunk by chunk: image-to-image expansion over an exact index with at least half of the rows
-    still to curate (the join computes half of all pairs); else ``None``."""
-    if cfg.expansion != "vision" or not isinstance(index, faiss.IndexFlat) or 2 * todo_anchors < image.shape[0]:
-        return None
-    logger.info("exact self-join of %d images for their %d nearest neighbours", image.shape[0], cfg.neighbors)
-    return knn_mod.self_neighbors(image, cfg.neighbors, threads=cfg.threads, progress=True)
+def _self_join(run: Path, index, image: np.ndarray, cfg: CurateConfig, todo_anchors: int) -> np.ndarray | None:
+    """Every row's neighbours by a self-join (:mod:`.knn`) when that is cheaper than searching the index
+    chunk by chunk: image-to-image expansion over an exact or IVF index with at least half of the rows
+    still to curate; else ``None``. How the neighbours were found goes to ``RUN/curation/neighbor_search.json``."""
+    record: dict[str, Any] = {"method": "index search"}
+    joined = None
+    if cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], todo_anchors):
+        logger.info("self-join of %d images for their %d nearest neighbours", image.shape[0], cfg.neighbors)
+        joined = knn_mod.self_join(index, image, cfg.neighbors, threads=cfg.threads, seed=cfg.seed, progress=True)
+        if joined is not None:
+            record = joined.info()
+    atomic_write_json(run / CURATION_DIR / NEIGHBOR_SEARCH_FILE, record)
+    return None if joined is None else joined.neighbors
 
 
 def _first_occurrences(keys: list[str]) -> np.ndarray:
@@ -408,6 +416,9 @@ def _finish(
 ) -> dict[str, Any]:
     if ranks.main:
         state.mark_done("curation", {"parts": len(stats)})
+        searched = state.run_dir / CURATION_DIR / NEIGHBOR_SEARCH_FILE
+        if searched.is_file():
+            extra = {**extra, "neighbor_search": json.loads(searched.read_text("utf-8"))}
         summary = build_summary(stats, rejected, samples_in, state.options, extra)
         atomic_write_json(state.run_dir / SUMMARY_FILE, summary)
     ranks.barrier()
