@@ -11,8 +11,8 @@ Stages and outputs (``RUN`` = the output folder):
    rejected as ``duplicate_key``); a finished part is never redone. Caption concepts are extracted once
    into ``RUN/curation/concept_lists.npz``. With ``vision`` expansion and at least half of the rows to
    curate, neighbours come from one self-join over an exact or IVF index (:mod:`.knn`) instead of a search
-   per chunk; ``RUN/curation/neighbor_search.json`` (and the summary's ``neighbor_search``) says which,
-   with the IVF join's measured recall@k.
+   per chunk; ``RUN/curation/neighbor_search.json`` (and the summary's ``neighbor_search``) says which, for
+   the parts the last run wrote, with the IVF join's measured recall@k.
 5. ``shards`` (``write_shards``): the input shards again with a ``{key}.concepts.json`` member, ``RUN/shards/``.
 
 ``RUN/summary.json`` (rewritten at every run from the parts' recorded counts) holds the sample counts,
@@ -296,13 +296,12 @@ def run_curation_stage(
     todo = [b for b in bounds if b[0] % ranks.world == ranks.rank and finished(*b) is None]
     if todo:
         logger.info("curating %d of %d part(s) (%d anchors each)", len(todo), num_parts, cfg.chunk_size)
-        todo_anchors = sum(stop - start for _, start, stop in todo)
-        table = _self_join(run, index, emb.image, cfg, todo_anchors)
+        table = _self_join(run, index, emb.image, cfg, todo)
         search = None if table is not None else index_search(index, cfg.threads)
         curator = Curator(emb.image, caption_ids, concept_emb, search, cfg.params(), true, neighbor_table=table)
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
         names = pa.array(vocab.concepts, pa.string())
-        progress = tqdm(total=todo_anchors, desc="curate", unit="anchor")
+        progress = tqdm(total=sum(stop - start for _, start, stop in todo), desc="curate", unit="anchor")
         chunks = ((i, anchors[start:stop]) for i, start, stop in todo)
         span = {i: (start, stop) for i, start, stop in todo}
         for i, result in curator.curate_chunks(chunks, cfg.seed):
@@ -326,10 +325,14 @@ def run_curation_stage(
     return stats, rejected, samples_in
 
 
-def _self_join(run: Path, index, image: np.ndarray, cfg: CurateConfig, todo_anchors: int) -> np.ndarray | None:
+def _self_join(
+    run: Path, index, image: np.ndarray, cfg: CurateConfig, todo: list[tuple[int, int, int]]
+) -> np.ndarray | None:
     """Every row's neighbours by a self-join (:mod:`.knn`) when that is cheaper than searching the index
     chunk by chunk: image-to-image expansion over an exact or IVF index with at least half of the rows
-    still to curate; else ``None``. How the neighbours were found goes to ``RUN/curation/neighbor_search.json``."""
+    still to curate (``todo``: the parts to write, ``(part, start, stop)``); else ``None``. How this run
+    finds the neighbours of which parts goes to ``RUN/curation/neighbor_search.json``."""
+    todo_anchors = sum(stop - start for _, start, stop in todo)
     record: dict[str, Any] = {"method": "index search"}
     joined = None
     if cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], todo_anchors):
@@ -337,6 +340,7 @@ def _self_join(run: Path, index, image: np.ndarray, cfg: CurateConfig, todo_anch
         joined = knn_mod.self_join(index, image, cfg.neighbors, threads=cfg.threads, seed=cfg.seed, progress=True)
         if joined is not None:
             record = joined.info()
+    record["parts"] = [part for part, _, _ in todo]
     atomic_write_json(run / CURATION_DIR / NEIGHBOR_SEARCH_FILE, record)
     return None if joined is None else joined.neighbors
 
