@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from cocu.train.config import load_config
 from cocu.train.trainer import train
-from test_train_world import make_world
+from test_train_world import make_world, tiny_run_overrides
 
 STEPS = 3
 
@@ -44,20 +44,7 @@ def _rank_main(rank: int, world_size: int, port: int, overrides: list[str], resu
 def test_two_gloo_ranks_train_in_lockstep_and_hold_identical_weights(tmp_path):
     world = make_world(tmp_path / "world", n=16)
     out = tmp_path / "out"
-    overrides = [
-        f"output={out}",
-        f"data.train={world['train']}",
-        f"data.archive={world['archive']}",
-        f"text.vocab={world['vocab']}",
-        "text.mode=cocu",
-        "model.config=groupvit-tiny",
-        "model.bpe_vocab_size=400",
-        "data.num_workers=0",
-        "train.batch_size=4",
-        f"train.max_steps={STEPS}",
-        "train.checkpoint_every=2",
-        "train.device=cpu",
-    ]
+    overrides = tiny_run_overrides(world, out, STEPS)
     mp.spawn(_rank_main, args=(2, _free_port(), overrides, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0].keys() == ranks[1].keys()

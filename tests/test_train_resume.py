@@ -12,7 +12,7 @@ from cocu.models.bundle import load_bundle
 from cocu.train.checkpoint import checkpoint_dirs
 from cocu.train.config import load_config
 from cocu.train.trainer import TrainingDiverged, train
-from test_train_world import make_world
+from test_train_world import make_world, tiny_run_overrides
 
 STEPS = 5
 
@@ -20,23 +20,7 @@ STEPS = 5
 def _cfg(world, out, *overrides):
     return load_config(
         None,
-        [
-            f"output={out}",
-            f"data.train={world['train']}",
-            f"data.archive={world['archive']}",
-            f"text.vocab={world['vocab']}",
-            "text.mode=cocu",
-            "model.config=groupvit-tiny",
-            "model.bpe_vocab_size=400",
-            "data.num_workers=0",
-            "train.batch_size=4",
-            f"train.max_steps={STEPS}",
-            "train.checkpoint_every=2",
-            "train.log_every=2",
-            "train.threads=1",
-            "optim.lr=1e-3",
-            *overrides,
-        ],
+        [*tiny_run_overrides(world, out, STEPS), "train.log_every=2", "train.threads=1", "optim.lr=1e-3", *overrides],
     )
 
 

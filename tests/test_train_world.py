@@ -105,3 +105,22 @@ def test_hand_made_world_reads_back_through_the_data_and_archive_readers(tmp_pat
     archive = read_archive(paths["archive"])
     assert sorted(archive) == [s.key for s in samples]
     assert archive["s0002"].concepts == ["house", "sky", "grass"] and archive["s0002"].clusters == [0, 1, 2]
+
+
+def tiny_run_overrides(world: dict, out: Path, steps: int) -> list[str]:
+    """Config overrides shared by the trainer tests: groupvit-tiny in ``cocu`` mode on ``world``, batch 4,
+    ``steps`` steps, a checkpoint every 2, CPU, no loader workers."""
+    return [
+        f"output={out}",
+        f"data.train={world['train']}",
+        f"data.archive={world['archive']}",
+        f"text.vocab={world['vocab']}",
+        "text.mode=cocu",
+        "model.config=groupvit-tiny",
+        "model.bpe_vocab_size=400",
+        "data.num_workers=0",
+        "train.batch_size=4",
+        f"train.max_steps={steps}",
+        "train.checkpoint_every=2",
+        "train.device=cpu",
+    ]
