@@ -12,6 +12,7 @@ from cocu.train.config import (
     TrainConfig,
     changed_keys,
     load_config,
+    packaged_configs,
     save_config,
     valid_keys,
 )
@@ -152,3 +153,13 @@ def test_optimizer_follows_the_schedule_and_skips_decay_on_1d_and_token_paramete
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 2))])
+
+
+def test_packaged_configs_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert "groupvit_tiny_synth_cocu.yaml" in packaged_configs()
+    by_name = load_config("groupvit_tiny_synth_cocu.yaml")
+    by_repo_path = load_config("configs/train/groupvit_tiny_synth_cocu.yaml")
+    assert by_name == by_repo_path == load_config(CONFIGS / "groupvit_tiny_synth_cocu.yaml")
+    with pytest.raises(FileNotFoundError, match="packaged configs"):
+        load_config("elsewhere/groupvit_tiny_synth_cocu.yaml")

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import cocu
 from cocu.demo.settings import ARCHIVE, CAPTION, TRUTH, AblationRow, DemoSettings, TrainBudget
 from cocu.utils.atomic import atomic_write_json
 
@@ -52,21 +51,6 @@ def make_world(settings: DemoSettings) -> dict[str, Any]:
     return {"world_config": cfg.settings(), "stats": stats}
 
 
-def resolve_config(path: str) -> Path:
-    """A training config path as given, else relative to the repository this package was installed from."""
-    given = Path(path)
-    if given.is_file():
-        return given
-    repo = Path(cocu.__file__).resolve().parents[2]
-    candidate = repo / path
-    if candidate.is_file():
-        return candidate
-    raise FileNotFoundError(
-        f"training config {path} not found (looked in {Path.cwd()} and {repo}); run the demo from the repository "
-        "root or pass an absolute path"
-    )
-
-
 def budget_overrides(settings: DemoSettings, budget: TrainBudget, output: Path, seed: int) -> list[str]:
     """``key=value`` overrides that pin a run's output, seed, budget (steps, batch, lr, warm-up) and threads."""
     out = [
@@ -94,7 +78,7 @@ def resolved_config(config: str, overrides: list[str]) -> dict[str, Any]:
     trained weights: what a training stage's cache fingerprint holds (an edited YAML invalidates it)."""
     from cocu.train.config import RUNTIME_KEYS, config_to_dict, flatten, load_config
 
-    flat = flatten(config_to_dict(load_config(resolve_config(config), overrides)))
+    flat = flatten(config_to_dict(load_config(config, overrides)))
     return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
 
 
@@ -127,7 +111,7 @@ def row_train_config(settings: DemoSettings, row: AblationRow, output: Path, see
     """The resolved :class:`cocu.train.config.TrainConfig` of one row's GroupViT run (nothing is trained)."""
     from cocu.train.config import load_config
 
-    return load_config(resolve_config(settings.groupvit_config), groupvit_overrides(settings, row, output, seed))
+    return load_config(settings.groupvit_config, groupvit_overrides(settings, row, output, seed))
 
 
 def train_model(config: str, overrides: list[str]) -> dict[str, Any]:
@@ -135,7 +119,7 @@ def train_model(config: str, overrides: list[str]) -> dict[str, Any]:
     from cocu.train.config import load_config
     from cocu.train.trainer import train
 
-    cfg = load_config(resolve_config(config), overrides)
+    cfg = load_config(config, overrides)
     result = train(cfg)
     if not result.finished:
         raise RuntimeError(f"training into {cfg.output} stopped at step {result.steps} of {result.total_steps}")

@@ -17,6 +17,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -349,11 +350,32 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     return validate(_build(TrainConfig, raw, ""))
 
 
+def packaged_configs() -> list[str]:
+    """File names of the training configs shipped with the package (``configs/train/`` in the repository)."""
+    folder = resources.files("cocu").joinpath("configs", "train")
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` if it is a file; else, for a bare file name or a ``configs/train/NAME`` path (as the docs
+    write them, valid from the repository root), the packaged config ``NAME``, so they work from anywhere."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    if given.parent.parts in ((), ("configs", "train")) and given.name in packaged_configs():
+        return Path(str(resources.files("cocu").joinpath("configs", "train", given.name)))
+    raise FileNotFoundError(
+        f"training config {path} not found; give a YAML file or one of the packaged configs: "
+        f"{', '.join(packaged_configs())}"
+    )
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read the YAML file ``path`` (``None``: defaults only), apply ``key=value`` overrides, validate."""
+    """Read the YAML file ``path`` (``None``: defaults only; see :func:`resolve_config_path`), apply
+    ``key=value`` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text("utf-8")
+        text = resolve_config_path(path).read_text("utf-8")
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
