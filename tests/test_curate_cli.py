@@ -129,7 +129,9 @@ def test_summary_has_recall_precision_and_options(base_run):
     assert summary["mean_caption_concepts"] == pytest.approx(2.0)
     assert summary["options"]["ranking"] == "t2v" and summary["options"]["neighbors"] == 4
     assert summary["options"]["encoder"] == ENCODER
-    assert summary["neighbor_search"] == {**summary["neighbor_search"], "method": "exact self-join", "parts": [0, 1, 2]}
+    assert summary["neighbor_search"] == {
+        **summary["neighbor_search"], "method": "exact self-join", "cached": False, "parts": [0, 1, 2]
+    }
 
 
 def test_rerun_after_a_kill_redoes_only_the_missing_part(base_run, tmp_path):
@@ -141,9 +143,22 @@ def test_rerun_after_a_kill_redoes_only_the_missing_part(base_run, tmp_path):
     assert (out / "curation" / "archive-1.parquet").is_file()
     assert _mtimes(out, "emb", "vocab", "index", "curation/archive-0.parquet", "curation/archive-2.parquet") == before
     assert read_archive(out).keys() == good
-    # one part of three left: searching the index for it is cheaper than joining every row
+    # one part of three left: the first run's self-join is reused, not searched again
+    searched = json.loads((out / "curation" / "neighbor_search.json").read_text())
+    assert searched["method"] == "exact self-join" and searched["cached"] is True and searched["parts"] == [1]
+    assert read_archive(out) == read_archive(base)
+
+
+def test_rerun_without_the_kept_join_searches_the_index_for_the_missing_part(base_run, tmp_path):
+    data, vocab, good, base = base_run
+    out = _copy_run(base, tmp_path / "run")
+    (out / "curation" / "archive-1.parquet").unlink()
+    (out / "curation" / "self_join.npz").unlink()
+    assert _curate(data, vocab, out) == 0
+    # one part of three left: searching the index for it is cheaper than joining every row again
     searched = json.loads((out / "curation" / "neighbor_search.json").read_text())
     assert searched == {"method": "index search", "parts": [1]}
+    assert read_archive(out) == read_archive(base)
 
 
 def test_changed_option_is_refused_then_overwrite_redoes_only_affected_stages(base_run, tmp_path, capsys):

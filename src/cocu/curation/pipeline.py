@@ -11,8 +11,9 @@ Stages and outputs (``RUN`` = the output folder):
    rejected as ``duplicate_key``); a finished part is never redone. Caption concepts are extracted once
    into ``RUN/curation/concept_lists.npz``. With ``vision`` expansion and at least half of the rows to
    curate, neighbours come from one self-join over an exact or IVF index (:mod:`.knn`) instead of a search
-   per chunk; ``RUN/curation/neighbor_search.json`` (and the summary's ``neighbor_search``) says which, for
-   the parts the last run wrote, with the IVF join's measured recall@k.
+   per chunk (the join is kept in ``RUN/curation/self_join.npz`` for resumed runs);
+   ``RUN/curation/neighbor_search.json`` (and the summary's ``neighbor_search``) says which, for the parts
+   the last run wrote, with the IVF join's measured recall@k.
 5. ``shards`` (``write_shards``): the input shards again with a ``{key}.concepts.json`` member, ``RUN/shards/``.
 
 ``RUN/summary.json`` (rewritten at every run from the parts' recorded counts) holds the sample counts,
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 NEIGHBOR_SEARCH_FILE = "neighbor_search.json"
+SELF_JOIN_FILE = "self_join.npz"
 CONCEPT_LISTS = "concept_lists.npz"
 CONCEPTS_MEMBER = "concepts.json"
 NOT_CURATED = "not_curated"
@@ -296,7 +298,7 @@ def run_curation_stage(
     todo = [b for b in bounds if b[0] % ranks.world == ranks.rank and finished(*b) is None]
     if todo:
         logger.info("curating %d of %d part(s) (%d anchors each)", len(todo), num_parts, cfg.chunk_size)
-        table = _self_join(run, index, emb.image, cfg, todo)
+        table = _self_join(run, index, emb.image, cfg, todo, stage_id)
         search = None if table is not None else index_search(index, cfg.threads)
         curator = Curator(emb.image, caption_ids, concept_emb, search, cfg.params(), true, neighbor_table=table)
         keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
@@ -326,23 +328,44 @@ def run_curation_stage(
 
 
 def _self_join(
-    run: Path, index, image: np.ndarray, cfg: CurateConfig, todo: list[tuple[int, int, int]]
+    run: Path, index, image: np.ndarray, cfg: CurateConfig, todo: list[tuple[int, int, int]], stage_id: str
 ) -> np.ndarray | None:
     """Every row's neighbours by a self-join (:mod:`.knn`) when that is cheaper than searching the index
     chunk by chunk: image-to-image expansion over an exact or IVF index with at least half of the rows
-    still to curate (``todo``: the parts to write, ``(part, start, stop)``); else ``None``. How this run
-    finds the neighbours of which parts goes to ``RUN/curation/neighbor_search.json``."""
-    todo_anchors = sum(stop - start for _, start, stop in todo)
+    still to curate (``todo``: the parts to write, ``(part, start, stop)``); else ``None``. A join is kept
+    in ``RUN/curation/self_join.npz`` (with the stage id), so a resumed run reuses it whatever is left. How
+    this run finds the neighbours of which parts goes to ``RUN/curation/neighbor_search.json``."""
+    cache = run / CURATION_DIR / SELF_JOIN_FILE
     record: dict[str, Any] = {"method": "index search"}
-    joined = None
-    if cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], todo_anchors):
+    table, cached = _cached_join(cache, stage_id, (image.shape[0], cfg.neighbors)), True
+    todo_anchors = sum(stop - start for _, start, stop in todo)
+    if table is None and cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], todo_anchors):
         logger.info("self-join of %d images for their %d nearest neighbours", image.shape[0], cfg.neighbors)
         joined = knn_mod.self_join(index, image, cfg.neighbors, threads=cfg.threads, seed=cfg.seed, progress=True)
         if joined is not None:
-            record = joined.info()
+            table, cached = joined.neighbors, False
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.savez(f, neighbors=table, stage_id=np.array(stage_id), info=np.array(json.dumps(joined.info())))
+    if table is not None:
+        with np.load(cache, allow_pickle=False) as saved:
+            record = {**json.loads(str(saved["info"])), "cached": cached}
     record["parts"] = [part for part, _, _ in todo]
     atomic_write_json(run / CURATION_DIR / NEIGHBOR_SEARCH_FILE, record)
-    return None if joined is None else joined.neighbors
+    return table
+
+
+def _cached_join(path: Path, stage_id: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The neighbour table of an earlier self-join of this stage, if ``path`` holds one of ``shape``."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["stage_id"]) != stage_id or saved["neighbors"].shape != shape:
+                return None
+            return saved["neighbors"]
+    except (OSError, ValueError, KeyError) as err:
+        logger.warning("ignoring unreadable %s (%s): joining again", path, err)
+        return None
 
 
 def _first_occurrences(keys: list[str]) -> np.ndarray:
