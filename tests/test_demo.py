@@ -19,8 +19,8 @@ from cocu.demo.report import Chip, ClassIoU, GalleryItem, OverlayItem, ReportDat
 from cocu.demo.settings import ROW_NAMES, quick_settings, with_overrides
 from cocu.demo.stages import StageRunner
 
-ROW_KEYS = ("name", "recall", "precision", "sampled_recall", "sampled_precision", "miou", "miou_whole_image",
-            "miou_group_bound", "top1")
+ROW_KEYS = ("name", "recall", "precision", "sampled_recall", "sampled_precision", "sampled_coverage", "miou",
+            "miou_whole_image", "miou_group_bound", "top1")
 EVAL_FIELDS = ("miou", "miou_whole_image", "miou_group_bound", "top1")
 QUICK_TRAINED = ("baseline", "cocu", "oracle")
 # The CI-sized quick demo: --quick with a smaller world and fewer steps so that the test stays near a minute.
@@ -266,8 +266,9 @@ def test_quick_demo_results_json_has_every_row_key_and_nulls_where_not_trained(q
     for r in res["rows"]:
         for key in ROW_KEYS:
             assert key in r, (r["name"], key)
-        for key in ("recall", "precision", "sampled_recall", "sampled_precision"):
+        for key in ("recall", "precision", "sampled_recall", "sampled_precision", "sampled_coverage"):
             assert 0.0 <= r[key] <= 1.0, (r["name"], key)
+        assert r["sampled_coverage"] >= r["sampled_recall"] - 1e-9  # ten steps show at least what one does
         trained = r["name"] in QUICK_TRAINED
         assert r["trained"] is trained
         for key in EVAL_FIELDS:

@@ -23,8 +23,9 @@ from cocu.demo.steps import TEXT_MODES
 
 logger = logging.getLogger(__name__)
 
-DRAWS = 4
-"""Per-step draws scored per image for the sampled figures (the samplers are random)."""
+DRAWS = 10
+"""Per-step draws scored per image for the sampled figures (the samplers are random): ``sampled_recall`` /
+``sampled_precision`` pool them, ``sampled_coverage`` is the recall of their union (what ten steps show)."""
 
 
 @dataclass
@@ -118,18 +119,19 @@ def row_concept_stats(
     oracle_pick: str,
     seed: int,
 ) -> dict[str, Any]:
-    """``recall``/``precision`` of the trained-on concepts and ``sampled_recall``/``sampled_precision``
-    of the per-step draws, plus the raw counts of both."""
+    """``recall``/``precision`` of the trained-on concepts, ``sampled_recall``/``sampled_precision`` of the
+    per-step draws and ``sampled_coverage`` (recall of the :data:`DRAWS` draws' union), plus the raw counts."""
     truth = {s.key: s.truth.keys() for s in samples}
     full = score_concepts(trained_concepts(row, samples, archive, vocab), truth)
-    sampled = score_concepts(
-        sampled_concepts(row, samples, archive, vocab, num_labels, tau, oracle_pick, seed), truth
-    )
+    draws = sampled_concepts(row, samples, archive, vocab, num_labels, tau, oracle_pick, seed)
+    sampled = score_concepts(draws, truth)
+    union = {key: set().union(*(draw[key] for draw in draws if key in draw)) for key in draws[0]}
     return {
         "recall": full.recall,
         "precision": full.precision,
         "sampled_recall": sampled.recall,
         "sampled_precision": sampled.precision,
+        "sampled_coverage": score_concepts(union, truth).recall,
         "counts": full.as_dict(),
         "sampled_counts": sampled.as_dict(),
     }

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 EVAL_KEYS: tuple[str, ...] = ("miou", "miou_whole_image", "miou_group_bound", "pixel_acc", "top1", "top5")
-CONCEPT_KEYS: tuple[str, ...] = ("recall", "precision", "sampled_recall", "sampled_precision")
+CONCEPT_KEYS: tuple[str, ...] = ("recall", "precision", "sampled_recall", "sampled_precision", "sampled_coverage")
 
 
 @dataclass(frozen=True)

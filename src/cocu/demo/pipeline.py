@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from cocu.demo import steps
+from cocu.demo.concepts import DRAWS
 from cocu.demo.metrics import CONCEPT_KEYS, EVAL_KEYS, aggregate_seeds, gap_closed
 from cocu.demo.settings import ARCHIVE, ROWS, DemoSettings, row, validate
 from cocu.demo.stages import StageRecord, StageRunner
@@ -136,7 +137,7 @@ class _Demo:
         text = {r.name: asdict(steps.row_train_config(self.s, r, model_dir(self.out, r.name), self.s.seed).text)
                 for r in ROWS}
         payload = {"world": world.fingerprint, "curated": {k: v.fingerprint for k, v in curated.items()},
-                   "labels": self.s.num_labels, "seed": self.s.seed, "text": text}
+                   "labels": self.s.num_labels, "seed": self.s.seed, "text": text, "draws": DRAWS}
         self.runner.run("concepts", payload, lambda: self._concepts(path), [path])
         import json
 
@@ -234,11 +235,11 @@ def format_summary(results: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "    -" if v is None else f"{100 * v:5.1f}"
 
-    lines = ["row          GT-recall  GT-prec  sampled-recall  mIoU  top-1"]
+    lines = ["row          GT-recall  GT-prec  sampled-recall  over-10-steps  mIoU  top-1"]
     for r in results["rows"]:
         lines.append(
             f"{r['name']:<12} {pct(r['recall']):>9} {pct(r['precision']):>8} {pct(r['sampled_recall']):>15} "
-            f"{pct(r['miou']):>5} {pct(r['top1']):>6}"
+            f"{pct(r.get('sampled_coverage')):>14} {pct(r['miou']):>5} {pct(r['top1']):>6}"
         )
     gap = results.get("gap_closed")
     lines.append(f"baseline-to-oracle mIoU gap closed by CoCu: {'undefined' if gap is None else f'{100 * gap:.0f}%'}")
