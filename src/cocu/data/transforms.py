@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cocu.data.randaugment import RandAugment, random_erase
+
 logger = logging.getLogger(__name__)
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -263,11 +265,14 @@ def color_jitter(
 
 @dataclass
 class TrainAugment:
-    """Training augmentation: random resized crop to ``size``, horizontal flip, colour jitter, normalise.
+    """Training augmentation: random resized crop to ``size``, horizontal flip, then RandAugment if given or
+    else colour jitter, normalise, then random erasing with probability ``erase_prob``.
 
     Call as ``aug(img, generator) -> FloatTensor [3,size,size]``; all randomness comes from ``generator``
     (a ``torch.Generator``; ``None`` uses torch's global generator), so equal seeds give equal tensors.
     ``color_jitter`` is the brightness/contrast/saturation strength, ``hue`` the hue strength (0 = off).
+    With ``randaugment`` (:class:`cocu.data.randaugment.RandAugment`) colour jitter is skipped, as the
+    timm pipeline GroupViT trained with did (RandAugment holds its own colour operations).
     """
 
     size: int
@@ -279,8 +284,12 @@ class TrainAugment:
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
     interpolation: str = "bicubic"
+    randaugment: RandAugment | None = None
+    erase_prob: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"erase_prob must be in [0, 1], got {self.erase_prob}")
         if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not 0.0 < self.ratio[0] <= self.ratio[1]:
@@ -297,7 +306,9 @@ class TrainAugment:
         )
         if self.flip and _uniform(0.0, 1.0, generator) < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.randaugment is not None:
+            img = self.randaugment(img, generator)
         x = _to_unit_tensor(img)  # [3,size,size] in [0,1]
-        if self.color_jitter > 0 or self.hue > 0:
+        if self.randaugment is None and (self.color_jitter > 0 or self.hue > 0):
             x = color_jitter(x, self.color_jitter, self.color_jitter, self.color_jitter, self.hue, generator)
-        return _normalize(x, self.mean, self.std)  # [3,size,size]
+        return random_erase(_normalize(x, self.mean, self.std), self.erase_prob, generator)  # [3,size,size]

@@ -50,11 +50,15 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Random resized crop with area fraction in ``[scale_min, 1]``, horizontal flip, colour jitter."""
+    """Random resized crop with area fraction in ``[scale_min, 1]``, horizontal flip, colour jitter;
+    ``randaugment``: a RandAugment spec in timm's notation (``rand-m9-mstd0.5-inc1``, GroupViT's; replaces
+    the colour jitter) or ``None``; ``erase_prob``: probability of random erasing (GroupViT: 0.25)."""
 
     scale_min: float = 0.08
     flip: bool = True
     color_jitter: float = 0.4
+    randaugment: str | None = None
+    erase_prob: float = 0.0
 
 
 @dataclass
@@ -330,6 +334,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
     if not 0.0 < cfg.data.augment.scale_min <= 1.0:
         raise ConfigError(f"data.augment.scale_min: must be in (0, 1], got {cfg.data.augment.scale_min}")
+    if not 0.0 <= cfg.data.augment.erase_prob <= 1.0:
+        raise ConfigError(f"data.augment.erase_prob: must be in [0, 1], got {cfg.data.augment.erase_prob}")
+    if cfg.data.augment.randaugment is not None:
+        from cocu.data.randaugment import RandAugment
+
+        try:
+            RandAugment.from_spec(cfg.data.augment.randaugment)
+        except ValueError as err:
+            raise ConfigError(f"data.augment.randaugment: {err}") from None
     non_negative = {
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.warmup": cfg.optim.warmup,

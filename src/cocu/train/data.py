@@ -49,6 +49,7 @@ from cocu.curation.archive import ArchiveRow, read_archive
 from cocu.curation.sampling import sample_concepts
 from cocu.curation.vocab import Vocabulary, load_vocabulary
 from cocu.data import skips as reasons
+from cocu.data.randaugment import RandAugment
 from cocu.data.skips import SkipCounter
 from cocu.data.transforms import TrainAugment, exif_to_rgb
 from cocu.text.prompts import imagenet_templates
@@ -388,7 +389,9 @@ class Collate:
 
 def make_augment(cfg: TrainConfig, image_size: int) -> TrainAugment:
     aug = cfg.data.augment
-    return TrainAugment(size=image_size, scale=(aug.scale_min, 1.0), flip=aug.flip, color_jitter=aug.color_jitter)
+    randaugment = RandAugment.from_spec(aug.randaugment) if aug.randaugment else None
+    return TrainAugment(size=image_size, scale=(aug.scale_min, 1.0), flip=aug.flip, color_jitter=aug.color_jitter,
+                        randaugment=randaugment, erase_prob=aug.erase_prob)
 
 
 def make_loader(
