@@ -337,35 +337,34 @@ def _self_join(
     this run finds the neighbours of which parts goes to ``RUN/curation/neighbor_search.json``."""
     cache = run / CURATION_DIR / SELF_JOIN_FILE
     record: dict[str, Any] = {"method": "index search"}
-    table, cached = _cached_join(cache, stage_id, (image.shape[0], cfg.neighbors)), True
-    todo_anchors = sum(stop - start for _, start, stop in todo)
-    if table is None and cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], todo_anchors):
+    table, info = _cached_join(cache, stage_id, (image.shape[0], cfg.neighbors))
+    if table is not None:
+        record = {**info, "cached": True}
+    elif cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], sum(b - a for _, a, b in todo)):
         logger.info("self-join of %d images for their %d nearest neighbours", image.shape[0], cfg.neighbors)
         joined = knn_mod.self_join(index, image, cfg.neighbors, threads=cfg.threads, seed=cfg.seed, progress=True)
         if joined is not None:
-            table, cached = joined.neighbors, False
+            table, record = joined.neighbors, {**joined.info(), "cached": False}
             with atomic_path(cache) as tmp, open(tmp, "wb") as f:
                 np.savez(f, neighbors=table, stage_id=np.array(stage_id), info=np.array(json.dumps(joined.info())))
-    if table is not None:
-        with np.load(cache, allow_pickle=False) as saved:
-            record = {**json.loads(str(saved["info"])), "cached": cached}
     record["parts"] = [part for part, _, _ in todo]
     atomic_write_json(run / CURATION_DIR / NEIGHBOR_SEARCH_FILE, record)
     return table
 
 
-def _cached_join(path: Path, stage_id: str, shape: tuple[int, int]) -> np.ndarray | None:
-    """The neighbour table of an earlier self-join of this stage, if ``path`` holds one of ``shape``."""
+def _cached_join(path: Path, stage_id: str, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """``(neighbour table, join info)`` of an earlier self-join of this stage if ``path`` holds one of ``shape``,
+    else ``(None, {})``."""
     if not path.is_file():
-        return None
+        return None, {}
     try:
         with np.load(path, allow_pickle=False) as saved:
             if str(saved["stage_id"]) != stage_id or saved["neighbors"].shape != shape:
-                return None
-            return saved["neighbors"]
+                return None, {}
+            return saved["neighbors"], json.loads(str(saved["info"]))
     except (OSError, ValueError, KeyError) as err:
         logger.warning("ignoring unreadable %s (%s): joining again", path, err)
-        return None
+        return None, {}
 
 
 def _first_occurrences(keys: list[str]) -> np.ndarray:
