@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from cocu.curation.archive import archive_table, part_path, write_part
 from cocu.curation.engine import Curator, CurationParams
-from cocu.curation.expand import CaptionConcepts
+from cocu.curation.expand import CaptionConcepts, find_neighbors
 from cocu.curation.index import exact_neighbors, faiss_threads, make_index, recall_at_k
 from cocu.curation.knn import self_join, self_neighbors, worth_self_join
 from cocu.curation.pipeline import index_search
@@ -137,11 +137,15 @@ def curate_timed(
     return time.perf_counter() - start, time.process_time() - cpu, results
 
 
-def time_search(curator: Curator, anchors: np.ndarray, chunk: int) -> tuple[float, float]:
-    """(wall s, process CPU s) per anchor of the neighbour search alone (no prefetch thread)."""
+def time_search(
+    index, threads: int, images: np.ndarray, anchors: np.ndarray, k: int, chunk: int
+) -> tuple[float, float]:
+    """(wall s, process CPU s) per anchor of searching ``index`` chunk by chunk (the per-query path)."""
+    search = index_search(index, threads)
     start, cpu = time.perf_counter(), time.process_time()
     for lo in range(0, len(anchors), chunk):
-        curator.neighbors(anchors[lo : lo + chunk])
+        rows = anchors[lo : lo + chunk]
+        find_neighbors(search, images[rows], rows, k)
     return (time.perf_counter() - start) / len(anchors), (time.process_time() - cpu) / len(anchors)
 
 
@@ -169,8 +173,7 @@ def exact_goal(args, out: Path) -> dict:
         setup_s, setup_cpu = time.perf_counter() - start, time.process_time() - cpu
         ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "exact", args.n_exact, args.vocab)
         ours_s, ours_cpu = ours_s + setup_s, ours_cpu + setup_cpu
-        chunked = Curator(images, captions, concept_emb, index_search(index, args.threads), params)
-        search_wall, search_cpu = time_search(chunked, anchors[:2048], args.chunk)
+        search_wall, search_cpu = time_search(index, args.threads, images, anchors[:2048], args.neighbors, args.chunk)
         loop_anchors = anchors[:: max(1, len(anchors) // args.loop_anchors)][: args.loop_anchors]
         start, cpu = time.perf_counter(), time.process_time()
         reference = {
@@ -229,15 +232,16 @@ def approx_goal(args, out: Path) -> dict:
         table = None if joined is None else joined.neighbors
         curator = Curator(images, captions, concept_emb, search, params, neighbor_table=table)
         setup_s, setup_cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        how = "per-query index search" if joined is None else f"IVF self-join {joined.params}"
+        how = "per-query index search" if joined is None else f"{joined.method} self-join {joined.params}"
         print(f"[approx] neighbours by {how}: {setup_s:.1f} s wall before the first chunk"
               + ("" if joined is None else f" (self-join recall@{args.neighbors} {joined.recall_at_k} on "
                                            f"{joined.n_check} rows)"), flush=True)
         ours_s, ours_cpu, results = curate_timed(
             curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab
         )
-        per_query = Curator(images, captions, concept_emb, index_search(index, args.threads), params)
-        search_wall, search_cpu = time_search(per_query, anchors[: min(count, 4 * args.chunk)], args.chunk)
+        search_wall, search_cpu = time_search(
+            index, args.threads, images, anchors[: min(count, 4 * args.chunk)], args.neighbors, args.chunk
+        )
         check = np.random.default_rng(args.seed + 2).choice(count, size=min(1000, count), replace=False)
         _, truth = exact_neighbors(images, images[check], args.neighbors + 1)
     found = np.concatenate([r.neighbor_ids for r in results])[check]

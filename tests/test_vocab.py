@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from cocu.cli import main
+from cocu.resources import CLASSNAME_SETS
 from cocu.curation.encoder import load_encoder
 from cocu.curation.vocab import (
-    CLASSNAME_FILES,
     Vocabulary,
     normalise_class_name,
     plural_forms,
@@ -193,7 +193,7 @@ def test_default_vocabulary_is_the_normalised_union_of_the_class_name_files():
 def test_default_vocabulary_without_class_name_files_is_an_error():
     with pytest.raises(FileNotFoundError, match="no class-name files.*--vocab"):
         Vocabulary.default(names=["no-such-benchmark"])
-    assert "imagenet" in CLASSNAME_FILES and len(CLASSNAME_FILES) == 9
+    assert "imagenet" in CLASSNAME_SETS and len(CLASSNAME_SETS) == 9
 
 
 @pytest.fixture(scope="module")

@@ -118,9 +118,12 @@ def self_knn(
 def self_neighbors(vectors: np.ndarray, k: int, *, threads: int | None = None, progress: bool = False) -> np.ndarray:
     """int64 [n, k]: every row's ``k`` nearest other rows, nearest first (-1 = none), with the same rule as
     :func:`cocu.curation.expand.find_neighbors` for dropping the row itself."""
-    scores, ids = self_knn(vectors, k + 1, threads=threads, progress=progress)
-    rows = np.arange(ids.shape[0], dtype=np.int64)
-    return drop_self(ids, scores, rows)[0]
+    return _without_self(*self_knn(vectors, k + 1, threads=threads, progress=progress))
+
+
+def _without_self(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """int64 [n, k]: a self-join's ``k + 1`` columns with each row's own id dropped (:func:`drop_self`)."""
+    return drop_self(ids, scores, np.arange(ids.shape[0], dtype=np.int64))[0]
 
 
 def ivf_self_knn(
@@ -139,7 +142,7 @@ def ivf_self_knn(
     same recall (2 cores).
     """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    ivf = faiss.extract_index_ivf(index)
+    ivf = index if isinstance(index, faiss.IndexIVF) else faiss.extract_index_ivf(index)
     if ivf.ntotal != x.shape[0] or ivf.d != x.shape[1]:
         raise ValueError(f"the index holds {ivf.ntotal} vectors of dim {ivf.d}; the vectors are {x.shape}")
     nlist, lists = ivf.nlist, ivf.invlists
@@ -220,9 +223,9 @@ def self_join(
         except RuntimeError:
             return None
         lists_probed = int(ivf.nprobe) + 1
-        scores, ids = ivf_self_knn(vectors, index, k + 1, lists_probed, progress=progress)
-        neighbors = drop_self(ids, scores, np.arange(ids.shape[0], dtype=np.int64))[0]
-        rows = np.sort(np.random.default_rng(seed).choice(ids.shape[0], size=min(n_check, ids.shape[0]), replace=False))
+        neighbors = _without_self(*ivf_self_knn(vectors, ivf, k + 1, lists_probed, progress=progress))
+        n = neighbors.shape[0]
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n_check, n), replace=False))
         _, truth = exact_neighbors(vectors, vectors[rows], k + 1)
         recall = recall_at_k(neighbors[rows], truth, k, rows)
     joined = SelfJoin(neighbors, "ivf", {"lists_probed": lists_probed, "nlist": int(ivf.nlist)}, round(recall, 4),

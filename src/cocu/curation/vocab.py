@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_NGRAM = 4
-CLASSNAME_FILES = CLASSNAME_SETS
 STUFF_QUALIFIER_FILES = frozenset({"coco-stuff"})
 """Files whose ``head-qualifier`` names (``wall-brick``, ``floor-marble``) name the head concept."""
 STRIP_SUFFIXES: tuple[str, ...] = ("-other", "-merged", "-stuff")
@@ -365,7 +364,7 @@ class Vocabulary:
         return cls(concepts=concepts, aliases=aliases, source=str(path))
 
     @classmethod
-    def default(cls, names: Iterable[str] = CLASSNAME_FILES) -> Vocabulary:
+    def default(cls, names: Iterable[str] = CLASSNAME_SETS) -> Vocabulary:
         """Union of the benchmark and ImageNet-1k class names (``resources/classnames/{name}.txt``).
 
         Missing files are logged and left out; if none of them exists, ``FileNotFoundError``.
