@@ -24,7 +24,7 @@ the machine may be shared):
    instead), the recall@k of the neighbours it used against exact search on 1000 anchors, and the peak
    memory. The index build is not timed (``cocu index`` is its own stage). Goal: >= 10,000 anchors/s.
 
-    .venv/bin/python benchmarks/curation.py            # both goals, default sizes (about 12 minutes)
+    .venv/bin/python benchmarks/curation.py            # both goals, default sizes (about 8 minutes on 2 cores)
     .venv/bin/python benchmarks/curation.py --n-exact 20000 --n-approx 100000   # quick
 
 The last line printed is one JSON object (``speedup_vs_loop``, ``anchors_per_s``, ``recall_at_k``, ``n``...).
