@@ -5,12 +5,10 @@ Sources (see :func:`resolve_sources`):
 - **Tar shards** (webdataset layout, as written by img2dataset, GroupViT's scripts or :mod:`cocu.data.writer`):
   a brace pattern ``dir/c3-{00000..00003}.tar`` (also ``{a,b}`` alternatives), one ``.tar`` path, a
   directory (its ``*.tar`` files in name order; other files such as img2dataset's per-shard ``.parquet``
-  and ``_stats.json`` are ignored), or a list of any of these. Members are grouped into samples by key
-  exactly like webdataset: ``dir/000123.jpg`` has key ``dir/000123`` and extension ``jpg`` (everything
-  after the first dot of the base name, lower-cased). Used members: image ``jpg``/``jpeg``/``png``
-  (first present in that order), caption ``txt``/``text`` (in that order), optional ``json`` metadata.
-  Uncompressed tars only; read in stream mode, one member at a time. Directory entries hold no data and
-  are passed over; other non-file members count as ``unexpected_member``.
+  and ``_stats.json`` are ignored), or a list of any of these. Tars are read by the one scanner of
+  :mod:`cocu.data.tarscan`, which the training index uses too (webdataset key grouping, used members:
+  image ``jpg``/``jpeg``/``png``/``webp``/``avif``, first present in that order, caption ``txt``/``text``,
+  optional ``json`` metadata; truncation and damage rules). Uncompressed tars only.
 - **Folder + captions file**: the spec is the path of the captions file, one of ``.csv`` (RFC 4180
   quoting, header row), ``.tsv`` (header row, fields split on tabs, no quoting), ``.jsonl`` (one JSON
   object a line) or ``.parquet``. Required columns/keys ``image`` and ``caption``; optional ``key``.
@@ -35,8 +33,8 @@ import json
 import logging
 import os
 import re
-import tarfile
-from dataclasses import dataclass, field
+import stat
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
@@ -46,21 +44,26 @@ from PIL import Image
 
 from cocu.data import skips as reasons
 from cocu.data.skips import SkipCounter
+from cocu.data.tarscan import (
+    CURATED_EXT,
+    META_EXT,
+    USED_EXTS,
+    Member,
+    TarSample,
+    caption_text,
+    json_object,
+    sample_problem,
+    scan_tar,
+)
 from cocu.data.transforms import exif_to_rgb
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png")
-CAPTION_EXTS: tuple[str, ...] = ("txt", "text")
-META_EXT = "json"
-CURATED_EXT = "concepts.json"  # written by `cocu curate --write-shards`; read into ``meta["curated"]``
 TAR_SUFFIX = ".tar"
 CAPTIONS_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".parquet")
-_USED_EXTS = frozenset(IMAGE_EXTS + CAPTION_EXTS + (META_EXT, CURATED_EXT))
 _RESERVED_COLUMNS = frozenset({"image", "caption", "key"})
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
-_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 @dataclass
@@ -88,7 +91,6 @@ class _Raw:
     curated: bytes | None = None
     where: str = ""
     image_problem: str = ""
-    extra: list[str] = field(default_factory=list)
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -150,66 +152,25 @@ def resolve_sources(spec: str | Path | Sequence[str | Path]) -> list[str]:
     raise TypeError(f"data source spec must be a path, a pattern or a list of them, got {type(spec).__name__}")
 
 
-def split_member_name(name: str) -> tuple[str, str] | None:
-    """webdataset's split of a member name into ``(key, lower-cased extension)``; ``None`` without a dot."""
-    match = _WDS_NAME.match(name)
-    if match is None:
-        return None
-    return match.group(1), match.group(2).lower()
+def _raw_from_scan(scanned: TarSample) -> _Raw:
+    def data(member: Member | None) -> bytes | None:
+        return member.data if member is not None else None
 
-
-def _pick(members: dict[str, bytes], exts: tuple[str, ...], raw: _Raw) -> bytes | None:
-    present = [ext for ext in exts if ext in members]
-    for ext in present[1:]:
-        raw.extra.append(f"{raw.key}.{ext}: another member of the same kind, kept .{present[0]}")
-    return members[present[0]] if present else None
-
-
-def _raw_from_members(key: str, members: dict[str, bytes], source: str) -> _Raw:
     raw = _Raw(
-        key=key, source=source, image=None, caption=None, meta=members.get(META_EXT), curated=members.get(CURATED_EXT)
+        key=scanned.key,
+        source=scanned.source,
+        image=data(scanned.image),
+        caption=data(scanned.caption),
+        meta=data(scanned.members.get(META_EXT)),
+        curated=data(scanned.members.get(CURATED_EXT)),
     )
-    raw.image = _pick(members, IMAGE_EXTS, raw)
-    raw.caption = _pick(members, CAPTION_EXTS, raw)
-    if raw.image is None:
-        raw.image_problem = "no jpg/jpeg/png member"
     return raw
 
 
 def _iter_tar(path: str, skips: SkipCounter) -> Iterator[_Raw]:
-    """Group the members of one tar into raw samples; a damaged tar ends with a ``corrupt_shard`` skip."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            with tarfile.open(fileobj=handle, mode="r|") as archive:
-                for info in archive:
-                    if info.isdir():
-                        continue
-                    if not info.isfile():
-                        skips.add(reasons.UNEXPECTED_MEMBER, info.name, path, "not a regular file")
-                        continue
-                    parts = split_member_name(info.name)
-                    if parts is None or parts[1] not in _USED_EXTS:
-                        skips.add(reasons.UNEXPECTED_MEMBER, info.name, path, "unexpected extension")
-                        continue
-                    member_key, ext = parts
-                    extracted = archive.extractfile(info)
-                    data = extracted.read() if extracted is not None else b""
-                    if key is not None and (member_key != key or ext in members):
-                        yield _raw_from_members(key, members, path)
-                        members = {}
-                    key = member_key
-                    members[ext] = data
-                if archive.offset >= size:
-                    raise tarfile.ReadError("archive ends without an end-of-archive marker (truncated)")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        lost = f"; sample {key!r} being read is lost" if members else ""
-        skips.add(reasons.CORRUPT_SHARD, key or "", path, f"{type(exc).__name__}: {exc}{lost}")
-        return
-    if members and key is not None:
-        yield _raw_from_members(key, members, path)
+    """Raw samples of one tar (:func:`cocu.data.tarscan.scan_tar`: damage ends it with ``corrupt_shard``)."""
+    for scanned in scan_tar(path, skips, load=USED_EXTS):
+        yield _raw_from_scan(scanned)
 
 
 def _captions_rows(path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
@@ -267,6 +228,18 @@ def _require_columns(path: str, names: Sequence[str]) -> None:
         raise ValueError(f"captions file {path} lacks column(s) {missing}; found {list(names)}")
 
 
+def _read_image_file(path: Path) -> tuple[bytes | None, str]:
+    """The bytes of an image file, or ``(None, why not)``; only regular files are opened (a FIFO would hang)."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            return None, f"cannot read {path}: {kind}"
+        return path.read_bytes(), ""
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc}"
+
+
 def _iter_captions(path: str, skips: SkipCounter) -> Iterator[_Raw]:
     """Raw samples from a captions file, reading each image file from disk."""
     folder = Path(path).parent
@@ -286,24 +259,10 @@ def _iter_captions(path: str, skips: SkipCounter) -> Iterator[_Raw]:
             raw = _Raw(key=key, source=path, image=None, caption=caption, meta=meta or None)
             raw.where = where
             image_path = Path(image_ref) if os.path.isabs(image_ref) else folder / image_ref
-            try:
-                raw.image = image_path.read_bytes()
-            except OSError as exc:
-                raw.image_problem = f"cannot read {image_path}: {exc.strerror or exc}"
+            raw.image, raw.image_problem = _read_image_file(image_path)
             yield raw
     except (OSError, pa.ArrowException) as exc:
         skips.add(reasons.CORRUPT_SHARD, "", path, f"{type(exc).__name__}: {exc}")
-
-
-def _caption_text(value: bytes | str) -> str | None:
-    """Decoded caption, or ``None`` if it is not valid UTF-8."""
-    try:
-        if isinstance(value, bytes):
-            return value.decode("utf-8")
-        value.encode("utf-8")
-        return value
-    except UnicodeError:
-        return None
 
 
 def _decode_image(data: bytes) -> Image.Image:
@@ -312,22 +271,17 @@ def _decode_image(data: bytes) -> Image.Image:
     return exif_to_rgb(img)
 
 
-def _json_object(data: bytes, raw: _Raw, skips: SkipCounter) -> dict | None:
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeError, json.JSONDecodeError) as exc:
-        skips.add(reasons.BAD_JSON, raw.key, raw.source, str(exc))
-        return None
-    if not isinstance(value, dict):
-        skips.add(reasons.BAD_JSON, raw.key, raw.source, f"json member is a {type(value).__name__}, not an object")
-        return None
+def _json_member(data: bytes, raw: _Raw, skips: SkipCounter) -> dict | None:
+    value, problem = json_object(data)
+    if value is None:
+        skips.add(reasons.BAD_JSON, raw.key, raw.source, problem)
     return value
 
 
 def _parse_meta(raw: _Raw, skips: SkipCounter) -> dict | None:
-    meta = raw.meta if raw.meta is None or isinstance(raw.meta, dict) else _json_object(raw.meta, raw, skips)
+    meta = raw.meta if raw.meta is None or isinstance(raw.meta, dict) else _json_member(raw.meta, raw, skips)
     if raw.curated is not None:
-        curated = _json_object(raw.curated, raw, skips)
+        curated = _json_member(raw.curated, raw, skips)
         if curated is not None:
             meta = {**(meta or {}), "curated": curated}
     return meta
@@ -350,26 +304,15 @@ class _Validator:
         if raw.key in self.seen:
             return reasons.DUPLICATE_KEY, "key already read"
         self.seen.add(raw.key)
-        if raw.image is None:
-            return reasons.MISSING_IMAGE, raw.image_problem
-        if raw.caption is None:
-            return reasons.MISSING_CAPTION, ""
-        caption = _caption_text(raw.caption)
-        if caption is None:
-            return reasons.CAPTION_NOT_UTF8, ""
-        if not caption.strip():
-            return reasons.EMPTY_CAPTION, ""
-        return None
+        return sample_problem(raw.image is not None, raw.caption, raw.image_problem)
 
     def __call__(self, raw: _Raw) -> Sample | None:
-        for extra in raw.extra:
-            self.skips.add(reasons.UNEXPECTED_MEMBER, raw.key, raw.source, extra)
         problem = self._problem(raw)
         if problem is not None:
             self._skip(raw, *problem)
             return None
         assert raw.image is not None and raw.caption is not None
-        caption = (_caption_text(raw.caption) or "").strip()
+        caption = caption_text(raw.caption) or ""
         image = None
         if self.decode_images:
             try:

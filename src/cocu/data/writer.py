@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 from types import TracebackType
 
-from cocu.data.reader import split_member_name
+from cocu.data.tarscan import split_member_name
 from cocu.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
