@@ -12,8 +12,8 @@ from cocu.curation.archive import ArchiveRow
 from cocu.data.writer import write_tar
 from cocu.text.prompts import imagenet_templates
 from cocu.train.config import load_config
+from cocu.train.archive_join import MISSING_ARCHIVE_ROW
 from cocu.train.data import (
-    MISSING_ARCHIVE_ROW,
     Collate,
     PackedArchive,
     StepBatchSampler,
@@ -57,7 +57,7 @@ def test_shard_index_reads_members_by_offset_and_counts_bad_samples(tmp_path):
     ]
     write_tar(tmp_path / "a.tar", good + bad)
     write_tar(tmp_path / "b.tar", [sample(0)[:2]])  # the same key again in the next shard
-    index = build_shard_index(str(tmp_path), with_json=True, progress=False)
+    index = build_shard_index(str(tmp_path), progress=False)
     assert index.keys.to_list() == ["badjson", "odd", "s0000", "s0001", "s0002"]
     assert index.skipped == {
         "bad_json": 1,
@@ -88,12 +88,12 @@ def test_truncated_shard_keeps_the_samples_before_the_damage(tmp_path):
 def test_index_cache_is_reused_and_rebuilt_when_a_shard_changes(tmp_path):
     write_shards(tmp_path / "s", 5, per_shard=5)
     cache = tmp_path / "index.npz"
-    first = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
+    first, _ = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
     stamp = cache.stat().st_mtime_ns
-    again = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
+    again, _ = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
     assert cache.stat().st_mtime_ns == stamp and again.keys.to_list() == first.keys.to_list()
     write_shards(tmp_path / "s", 3, per_shard=5, start=10)
-    rebuilt = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
+    rebuilt, _ = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
     assert rebuilt.keys.to_list() == ["s0010", "s0011", "s0012"]
 
 

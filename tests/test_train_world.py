@@ -78,8 +78,9 @@ def default_archive(folder: Path, n: int, skip: tuple[int, ...] = ()) -> Path:
     for i in range(n):
         if i in skip:
             continue
-        key, _, _ = sample(i)
-        rows.append(archive_row(key, [SHAPES[i % 3], "sky", "grass"], [2.0, 1.5, 0.5], [0, 1, 2]))
+        key, members, _ = sample(i)
+        caption = members["txt"].decode()
+        rows.append(archive_row(key, [SHAPES[i % 3], "sky", "grass"], [2.0, 1.5, 0.5], [0, 1, 2], caption))
     return write_archive(folder / "curation" / "archive-0.parquet", rows)
 
 

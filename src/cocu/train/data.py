@@ -21,8 +21,11 @@ repeating the caption:
 
 - ``caption-nouns`` (GroupViT's baseline): the vocabulary concepts found in the caption, shuffled, up to L;
 - ``cocu``: ``cocu.curation.sampling.sample_concepts`` on the sample's curated archive row (cluster-guided
-  or naive per ``text.sampling``). A sample without an archive row is counted (``missing_archive_row``,
-  one log line each) and dropped, or with ``text.missing_archive: caption`` kept with caption-nouns texts;
+  or naive per ``text.sampling``), joined by key and checked on the caption by
+  :mod:`cocu.train.archive_join` (which reads the archive part by part and keeps the joined rows in flat,
+  memory-mapped arrays). A sample without an archive row (``missing_archive_row``) or whose row has another
+  caption (``archive_caption_mismatch``; more than 1 % stops the run) is counted, one log line each, and
+  dropped, or with ``text.missing_archive: caption`` kept with caption-nouns texts;
 - ``oracle``: the sample's true concepts (the ``concepts`` mapping of its ``json`` member, concept ->
   pixel fraction): up to L drawn without replacement, with probability proportional to the pixel fraction
   (``text.oracle_pick: weighted``) or uniformly (``uniform``). A sample without usable concepts gets the
@@ -38,14 +41,14 @@ import io
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cocu.curation.archive import ArchiveRow, read_archive
 from cocu.curation.sampling import sample_concepts
 from cocu.curation.vocab import Vocabulary, load_vocabulary
 from cocu.data import skips as reasons
@@ -53,13 +56,12 @@ from cocu.data.randaugment import RandAugment
 from cocu.data.skips import SkipCounter
 from cocu.data.transforms import TrainAugment, exif_to_rgb
 from cocu.text.prompts import imagenet_templates
+from cocu.train.archive_join import CACHE_DIR, PackedArchive, join_archive
 from cocu.train.config import TrainConfig
 from cocu.train.shards import ShardIndex, load_or_build_index
 
 logger = logging.getLogger(__name__)
 
-MISSING_ARCHIVE_ROW = "missing_archive_row"
-"""A training sample whose key has no row in the concept archive (``text.mode: cocu``)."""
 MAX_SUBSTITUTES = 32
 _TAG_PERMUTATION = 1
 _TAG_SAMPLE = 2
@@ -74,59 +76,6 @@ def sample_generators(seed: int, epoch: int, index: int) -> tuple[torch.Generato
     """The augmentation and text generators of dataset sample ``index`` in ``epoch``."""
     aug_seed, text_seed = np.random.SeedSequence([seed, _TAG_SAMPLE, epoch, index]).generate_state(2, np.uint64)
     return torch.Generator().manual_seed(int(aug_seed) >> 1), np.random.default_rng(int(text_seed))
-
-
-@dataclass(frozen=True)
-class PackedArchive:
-    """The archive rows of the training samples as flat arrays (cheap to share with worker processes).
-
-    ``row_start[i]`` .. ``row_start[i+1]`` are the concepts of dataset sample ``i`` (empty for a sample
-    kept without a row, then ``has_row[i]`` is false); ``concept_id`` indexes ``names``."""
-
-    names: list[str]
-    has_row: np.ndarray
-    row_start: np.ndarray
-    concept_id: np.ndarray
-    score: np.ndarray
-    cluster: np.ndarray
-
-    @classmethod
-    def pack(cls, rows: Sequence[ArchiveRow | None]) -> PackedArchive:
-        names: dict[str, int] = {}
-        ids: list[int] = []
-        scores: list[float] = []
-        clusters: list[int] = []
-        starts = np.zeros(len(rows) + 1, dtype=np.int64)
-        for i, row in enumerate(rows):
-            if row is not None:
-                if not len(row.concepts) == len(row.scores) == len(row.clusters):
-                    raise ValueError(f"archive row {row.key!r}: concepts, scores and clusters differ in length")
-                ids.extend(names.setdefault(c, len(names)) for c in row.concepts)
-                scores.extend(row.scores)
-                clusters.extend(row.clusters)
-            starts[i + 1] = len(ids)
-        return cls(
-            names=list(names),
-            has_row=np.array([row is not None for row in rows], dtype=bool),
-            row_start=starts,
-            concept_id=np.asarray(ids, dtype=np.int32),
-            score=np.asarray(scores, dtype=np.float32),
-            cluster=np.asarray(clusters, dtype=np.int32),
-        )
-
-    def row(self, i: int, key: str, caption: str) -> ArchiveRow | None:
-        if not self.has_row[i]:
-            return None
-        lo, hi = int(self.row_start[i]), int(self.row_start[i + 1])
-        return ArchiveRow(
-            key=key,
-            caption=caption,
-            caption_concepts=[],
-            neighbors=[],
-            concepts=[self.names[c] for c in self.concept_id[lo:hi]],
-            scores=self.score[lo:hi].tolist(),
-            clusters=self.cluster[lo:hi].tolist(),
-        )
 
 
 @dataclass
@@ -214,12 +163,15 @@ class TrainData:
 
 
 def prepare_data(cfg: TrainConfig, index_cache: str | None, progress: bool = True) -> TrainData:
-    """Index the shards (reusing ``index_cache`` if valid), join the archive, set up the text sampler."""
+    """Index the shards and join the archive (cached beside ``index_cache`` when given), set up the texts.
+
+    With ``index_cache`` (a file in the training output folder) the shard index is saved there and the
+    archive join in the folder :data:`~cocu.train.archive_join.CACHE_DIR` next to it; both are reused while
+    their inputs are unchanged, and nothing is written anywhere else.
+    """
     counter = SkipCounter()
     mode = cfg.text.mode
-    index = load_or_build_index(
-        cfg.data.train, index_cache, with_json=mode == "oracle", skips=counter, progress=progress
-    )
+    index, fingerprint = load_or_build_index(cfg.data.train, index_cache, skips=counter, progress=progress)
     skips = dict(index.skipped)
     rows = np.arange(len(index), dtype=np.int64)
     need_vocab = mode == "caption-nouns" or (mode == "cocu" and cfg.text.missing_archive == "caption")
@@ -227,27 +179,22 @@ def prepare_data(cfg: TrainConfig, index_cache: str | None, progress: bool = Tru
     archive = None
     if mode == "cocu":
         assert cfg.data.archive is not None
-        by_key = read_archive(cfg.data.archive)
-        found: list[ArchiveRow | None] = []
-        kept: list[int] = []
-        missing = SkipCounter()
-        for r in range(len(index)):
-            key = index.keys[r]
-            row = by_key.get(key)
-            if row is None:
-                source = index.shards[int(index.shard_id[r])]
-                missing.add(MISSING_ARCHIVE_ROW, key, source, f"not in archive {cfg.data.archive}")
-                if cfg.text.missing_archive == "drop":
-                    continue
-            found.append(row)
-            kept.append(r)
-        if missing.total:
+        cache_dir = Path(index_cache).parent / CACHE_DIR if index_cache is not None else None
+        join = join_archive(index, cfg.data.archive, cache_dir, fingerprint)
+        unjoined = SkipCounter()
+        join.check_and_count(index, str(cfg.data.archive), unjoined)
+        if unjoined.total:
             action = "dropped" if cfg.text.missing_archive == "drop" else "trained with caption-nouns texts"
-            logger.warning("%d of %d training samples have no archive row (%s)", missing.total, len(index), action)
-            skips[MISSING_ARCHIVE_ROW] = missing.total
-        rows = np.asarray(kept, dtype=np.int64)
-        archive = PackedArchive.pack(found)
-        del by_key
+            logger.warning(
+                "%d of %d training samples have no usable archive row (%s): %s",
+                unjoined.total,
+                len(index),
+                action,
+                unjoined.counts,
+            )
+            skips.update(unjoined.counts)
+        rows = join.kept_rows(cfg.text.missing_archive)
+        archive = join.archive.select(rows)
     texts = TextSampler(
         mode=mode,
         num_labels=cfg.text.num_labels,

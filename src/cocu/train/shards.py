@@ -1,22 +1,23 @@
 """A random-access index over webdataset tar shards, so that training can read sample ``i`` directly.
 
 Training needs map-style access (an epoch is a seeded permutation of sample indices, and a resumed run
-jumps straight to its step), while tar shards are streams. One pass over the tar *headers* records,
-for every sample, the shard and byte range of its image member; captions are small and are read,
-validated and kept in memory during that pass (packed into one UTF-8 buffer, so DataLoader worker
-processes share them without copy-on-write growth), and the byte range of the ``json`` member is kept
-when asked for. Images are then read with ``os.pread`` on the raw shard file at training time (no tar
-parsing, no shared file offsets between processes) and decoded there; a corrupt image is only found
-at that point (the data loader substitutes and counts it).
+jumps straight to its step), while tar shards are streams. One pass over the tar *headers*, shard by shard
+in parallel worker processes, records for every sample the shard and byte range of its image and ``json``
+members; captions are small and are read and kept (packed into one UTF-8 buffer, so DataLoader worker
+processes share them without copy-on-write growth), and each key's 64-bit hash is kept for the archive
+join. Images are read with ``os.pread`` on the raw shard file at training time (no tar parsing, no shared
+file offsets between processes) and decoded there; a corrupt image is only found at that point (the data
+loader substitutes and counts it).
 
-Members are grouped into samples as :mod:`cocu.data.reader` does (webdataset keys: the member name up to
-the first dot of its base name; a repeated extension starts a new sample), and samples are skipped for
-the same reasons, counted in a :class:`~cocu.data.skips.SkipCounter`: missing image or caption,
-caption not UTF-8 or empty, duplicate key, unexpected members (dropped, the sample kept), bad ``json``
-(dropped, the sample kept), a damaged or truncated shard (the rest of it is lost).
+The shards are read by :func:`cocu.data.tarscan.scan_tar` and samples judged by
+:func:`cocu.data.tarscan.sample_problem`, the scanner and rules of the curation reader
+(:func:`cocu.data.reader.iter_samples`), so both find the same samples with the same skip counts (the
+reader alone also finds ``corrupt_image`` when it decodes). Duplicate keys are resolved after the
+parallel pass with the reader's rule: the first occurrence in shard order claims the key (even when it is
+unusable itself), later ones are ``duplicate_key``.
 
-The index can be saved as an ``.npz`` (plain arrays, no pickle) and is reused when the shard list and
-every shard's size and modification time are unchanged.
+The index can be saved as an ``.npz`` (plain arrays, no pickle) and is reused when the shard list and every
+shard's size, modification time and first and last 64 KiB are unchanged.
 """
 
 from __future__ import annotations
@@ -24,24 +25,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
-import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from cocu.data import skips as reasons
-from cocu.data.reader import CAPTION_EXTS, IMAGE_EXTS, META_EXT, TAR_SUFFIX, resolve_sources, split_member_name
+from cocu.data.reader import TAR_SUFFIX, resolve_sources
 from cocu.data.skips import SkipCounter
+from cocu.data.tarscan import CURATED_EXT, META_EXT, SMALL_EXTS, caption_text, json_object, sample_problem, scan_tar
 from cocu.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
-_USED_EXTS = frozenset(IMAGE_EXTS + CAPTION_EXTS + (META_EXT,))
+INDEX_VERSION = 2
+MAX_INDEX_WORKERS = 8
+_PROBE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -53,32 +56,49 @@ class PackedStrings:
 
     @classmethod
     def pack(cls, items: Sequence[str]) -> PackedStrings:
-        encoded = [s.encode("utf-8") for s in items]
+        encoded = [s.encode("utf-8", "surrogateescape") for s in items]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
         blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
         return cls(blob=blob, offsets=offsets)
 
+    def select(self, keep: np.ndarray) -> PackedStrings:
+        """The strings where the bool mask ``keep`` [n] is true, in order."""
+        lengths = np.diff(self.offsets)  # [n]
+        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(lengths[keep], out=offsets[1:])
+        return PackedStrings(blob=self.blob[np.repeat(keep, lengths)], offsets=offsets)
+
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
 
     def __getitem__(self, i: int) -> str:
-        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
 
     def to_list(self) -> list[str]:
         return [self[i] for i in range(len(self))]
 
 
+def hash_keys(keys: Iterable[str]) -> np.ndarray:
+    """A 64-bit hash of each key (BLAKE2b of its UTF-8 bytes): uint64 [n]; equal keys, equal hashes."""
+    digests = b"".join(
+        hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest() for key in keys
+    )
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
 @dataclass(frozen=True)
 class ShardIndex:
-    """Per sample ``i`` (index order = shard order, then tar order): ``keys[i]``, ``captions[i]`` (stripped),
-    image member at ``image_offset[i]`` / ``image_size[i]`` bytes of ``shards[shard_id[i]]``, json member
-    at ``json_offset[i]`` / ``json_size[i]`` (offset -1: none or not indexed). ``skipped``: the skip counts
-    per reason of the indexing pass (kept with a saved index)."""
+    """Per sample ``i`` (index order = shard order, then tar order): ``keys[i]`` (64-bit hash
+    ``key_hash[i]``), ``captions[i]`` (stripped), image member at ``image_offset[i]`` / ``image_size[i]``
+    bytes of ``shards[shard_id[i]]``, json member at ``json_offset[i]`` / ``json_size[i]`` (offset -1:
+    none, or not a JSON object). ``skipped``: the skip counts per reason of the indexing pass (kept with
+    a saved index)."""
 
     shards: list[str]
     keys: PackedStrings
     captions: PackedStrings
+    key_hash: np.ndarray
     shard_id: np.ndarray
     image_offset: np.ndarray
     image_size: np.ndarray
@@ -89,14 +109,17 @@ class ShardIndex:
     def __len__(self) -> int:
         return int(self.shard_id.shape[0])
 
+    def source(self, i: int) -> str:
+        return self.shards[int(self.shard_id[i])]
+
     def image_bytes(self, i: int) -> bytes:
-        return read_range(self.shards[int(self.shard_id[i])], int(self.image_offset[i]), int(self.image_size[i]))
+        return read_range(self.source(i), int(self.image_offset[i]), int(self.image_size[i]))
 
     def json_bytes(self, i: int) -> bytes | None:
         offset = int(self.json_offset[i])
         if offset < 0:
             return None
-        return read_range(self.shards[int(self.shard_id[i])], offset, int(self.json_size[i]))
+        return read_range(self.source(i), offset, int(self.json_size[i]))
 
     def save(self, path: str | Path, fingerprint: str) -> None:
         with atomic_path(path) as tmp:
@@ -110,6 +133,7 @@ class ShardIndex:
                     keys_offsets=self.keys.offsets,
                     captions_blob=self.captions.blob,
                     captions_offsets=self.captions.offsets,
+                    key_hash=self.key_hash,
                     shard_id=self.shard_id,
                     image_offset=self.image_offset,
                     image_size=self.image_size,
@@ -129,6 +153,7 @@ class ShardIndex:
                     shards=[str(s) for s in data["shards"]],
                     keys=PackedStrings(data["keys_blob"], data["keys_offsets"]),
                     captions=PackedStrings(data["captions_blob"], data["captions_offsets"]),
+                    key_hash=data["key_hash"],
                     shard_id=data["shard_id"],
                     image_offset=data["image_offset"],
                     image_size=data["image_size"],
@@ -155,120 +180,155 @@ def read_range(path: str, offset: int, size: int) -> bytes:
     return data
 
 
-def shards_fingerprint(shards: Sequence[str], with_json: bool) -> str:
-    """Identifies a shard list by paths, sizes and modification times (plus the indexing options)."""
-    digest = hashlib.sha256(f"v{INDEX_VERSION};json={with_json}".encode())
-    for path in shards:
+def files_fingerprint(paths: Sequence[str | Path], tag: str) -> str:
+    """Identifies files by path, size, modification time and their first and last 64 KiB (plus ``tag``)."""
+    digest = hashlib.sha256(tag.encode())
+    for path in paths:
         st = os.stat(path)
-        digest.update(f"\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        digest.update(f"\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(_PROBE))
+            handle.seek(max(0, st.st_size - _PROBE))
+            digest.update(handle.read(_PROBE))
     return digest.hexdigest()
 
 
-class _Builder:
-    def __init__(self, with_json: bool, skips: SkipCounter) -> None:
-        self.with_json = with_json
-        self.skips = skips
-        self.seen: set[str] = set()
-        self.keys: list[str] = []
-        self.captions: list[str] = []
-        self.rows: list[tuple[int, int, int, int, int]] = []
-
-    def add(self, key: str, members: dict[str, tuple[int, int, bytes | None]], shard: int, path: str) -> None:
-        """``members``: ext -> (offset, size, data read for captions/json)."""
-        image = next((members[e] for e in IMAGE_EXTS if e in members), None)
-        caption = next((members[e] for e in CAPTION_EXTS if e in members), None)
-        for kind in (IMAGE_EXTS, CAPTION_EXTS):
-            present = [e for e in kind if e in members]
-            for ext in present[1:]:
-                detail = f"{key}.{ext}: another member of the same kind, kept .{present[0]}"
-                self.skips.add(reasons.UNEXPECTED_MEMBER, key, path, detail)
-        if key in self.seen:
-            self.skips.add(reasons.DUPLICATE_KEY, key, path, "key already read")
-            return
-        self.seen.add(key)
-        if image is None:
-            self.skips.add(reasons.MISSING_IMAGE, key, path, "no jpg/jpeg/png member")
-            return
-        if caption is None:
-            self.skips.add(reasons.MISSING_CAPTION, key, path)
-            return
-        try:
-            text = (caption[2] or b"").decode("utf-8").strip()
-        except UnicodeError:
-            self.skips.add(reasons.CAPTION_NOT_UTF8, key, path)
-            return
-        if not text:
-            self.skips.add(reasons.EMPTY_CAPTION, key, path)
-            return
-        json_offset, json_size = -1, 0
-        if self.with_json and META_EXT in members:
-            offset, size, data = members[META_EXT]
-            if _valid_json_object(data, key, path, self.skips):
-                json_offset, json_size = offset, size
-        self.keys.append(key)
-        self.captions.append(text)
-        self.rows.append((shard, image[0], image[1], json_offset, json_size))
+def shards_fingerprint(shards: Sequence[str]) -> str:
+    """Identifies a shard list (see :func:`files_fingerprint`) for this index version."""
+    return files_fingerprint(shards, f"shard-index-v{INDEX_VERSION}")
 
 
-def _valid_json_object(data: bytes | None, key: str, path: str, skips: SkipCounter) -> bool:
+class _Recorder(SkipCounter):
+    """Collects skips in a worker process, to be counted (and logged) by the parent in shard order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str, str]] = []
+
+    def add(self, reason: str, key: str, source: str, detail: str = "") -> None:
+        self.events.append((reason, key, detail))
+
+
+@dataclass
+class _ShardScan:
+    """Every sample group of one shard (usable or not), before the duplicate-key check."""
+
+    keys: PackedStrings
+    key_hash: np.ndarray
+    captions: PackedStrings
+    image: np.ndarray  # int64 [g, 2] offset, size (-1, 0: none)
+    meta: np.ndarray  # int64 [g, 2] json offset, size (-1, 0: none or not an object)
+    problems: dict[int, tuple[str, str]]  # group -> (reason, detail)
+    bad_json: dict[int, list[str]] = field(default_factory=dict)  # group -> details (counted if kept)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # member-level (reason, key, detail)
+
+    def __len__(self) -> int:
+        return int(self.key_hash.shape[0])
+
+
+def _scan_shard(path: str) -> _ShardScan:
+    recorder = _Recorder()
+    keys: list[str] = []
+    captions: list[str] = []
+    image: list[tuple[int, int]] = []
+    meta: list[tuple[int, int]] = []
+    problems: dict[int, tuple[str, str]] = {}
+    bad_json: dict[int, list[str]] = {}
+    for g, sample in enumerate(scan_tar(path, recorder, load=SMALL_EXTS)):
+        keys.append(sample.key)
+        img, cap = sample.image, sample.caption
+        image.append((img.offset, img.size) if img is not None else (-1, 0))
+        problem = sample_problem(img is not None, cap.data if cap is not None else None)
+        json_member = sample.members.get(META_EXT)
+        meta.append((-1, 0))
+        if problem is not None:
+            problems[g] = problem
+            captions.append("")
+            continue
+        assert cap is not None and cap.data is not None
+        captions.append(caption_text(cap.data) or "")
+        for ext in (META_EXT, CURATED_EXT):
+            member = sample.members.get(ext)
+            if member is None:
+                continue
+            value, why = json_object(member.data or b"")
+            if value is None:
+                bad_json.setdefault(g, []).append(why)
+            elif member is json_member:
+                meta[-1] = (member.offset, member.size)
+    return _ShardScan(
+        keys=PackedStrings.pack(keys),
+        key_hash=hash_keys(keys),
+        captions=PackedStrings.pack(captions),
+        image=np.asarray(image, dtype=np.int64).reshape(-1, 2),
+        meta=np.asarray(meta, dtype=np.int64).reshape(-1, 2),
+        problems=problems,
+        bad_json=bad_json,
+        events=recorder.events,
+    )
+
+
+def _scan_all(shards: list[str], workers: int, progress: bool) -> list[_ShardScan]:
+    bar = tqdm(total=len(shards), desc="index shards", unit="shard", disable=not progress)
     try:
-        value = json.loads((data or b"").decode("utf-8"))
-    except (UnicodeError, json.JSONDecodeError) as exc:
-        skips.add(reasons.BAD_JSON, key, path, str(exc))
-        return False
-    if not isinstance(value, dict):
-        skips.add(reasons.BAD_JSON, key, path, f"json member is a {type(value).__name__}, not an object")
-        return False
-    return True
+        if workers <= 1 or len(shards) < 2:
+            scans = []
+            for path in shards:
+                scans.append(_scan_shard(path))
+                bar.update(1)
+            return scans
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(min(workers, len(shards))) as pool:
+            scans = []
+            for scan in pool.imap(_scan_shard, shards, chunksize=max(1, min(16, len(shards) // (4 * workers)))):
+                scans.append(scan)
+                bar.update(1)
+            return scans
+    finally:
+        bar.close()
 
 
-def _scan_tar(path: str, shard: int, builder: _Builder) -> None:
-    size = os.path.getsize(path)
-    key: str | None = None
-    members: dict[str, tuple[int, int, bytes | None]] = {}
-    try:
-        with tarfile.open(path, mode="r:") as archive:
-            for info in archive:
-                if info.isdir():
-                    continue
-                if not info.isfile():
-                    builder.skips.add(reasons.UNEXPECTED_MEMBER, info.name, path, "not a regular file")
-                    continue
-                parts = split_member_name(info.name)
-                if parts is None or parts[1] not in _USED_EXTS:
-                    builder.skips.add(reasons.UNEXPECTED_MEMBER, info.name, path, "unexpected extension")
-                    continue
-                if info.offset_data + info.size > size:
-                    raise tarfile.ReadError(f"member {info.name} runs past the end of the file (truncated)")
-                member_key, ext = parts
-                small = ext in CAPTION_EXTS or (ext == META_EXT and builder.with_json)
-                data = read_range(path, info.offset_data, info.size) if small else None
-                if key is not None and (member_key != key or ext in members):
-                    builder.add(key, members, shard, path)
-                    members = {}
-                key = member_key
-                members[ext] = (info.offset_data, info.size, data)
-            if archive.offset >= size:
-                raise tarfile.ReadError("archive ends without an end-of-archive marker (truncated)")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        lost = f"; sample {key!r} being read is lost" if members else ""
-        builder.skips.add(reasons.CORRUPT_SHARD, key or "", path, f"{type(exc).__name__}: {exc}{lost}")
-        return
-    if members and key is not None:
-        builder.add(key, members, shard, path)
+def _concat(parts: Sequence[PackedStrings]) -> PackedStrings:
+    sizes = [int(p.offsets[-1]) for p in parts]
+    starts = np.cumsum([0] + sizes[:-1], dtype=np.int64)
+    offsets = [np.zeros(1, dtype=np.int64)] + [p.offsets[1:] + s for p, s in zip(parts, starts)]
+    blobs = [p.blob for p in parts]
+    return PackedStrings(
+        blob=np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8), offsets=np.concatenate(offsets)
+    )
+
+
+def _duplicates(keys: PackedStrings, key_hash: np.ndarray) -> np.ndarray:
+    """bool [g]: groups whose key occurred at an earlier group (equal hashes are confirmed on the keys)."""
+    dup = np.zeros(key_hash.shape[0], dtype=bool)
+    order = np.argsort(key_hash, kind="stable")  # equal hashes keep group order
+    ordered = key_hash[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # positions in ``order`` with an equal predecessor
+    last = -2
+    seen: set[str] = set()
+    for pos in same.tolist():
+        if pos != last + 1:  # a new run of equal hashes, led by ``order[pos - 1]``
+            seen = {keys[int(order[pos - 1])]}
+        last = pos
+        key = keys[int(order[pos])]
+        if key in seen:
+            dup[order[pos]] = True
+        seen.add(key)
+    return dup
 
 
 def build_shard_index(
     spec: str | Path | Sequence[str | Path],
     *,
-    with_json: bool = False,
     skips: SkipCounter | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> ShardIndex:
     """Index the samples of webdataset tar shards (``spec`` as :func:`cocu.data.reader.resolve_sources`).
 
-    ``with_json``: also validate and index the ``json`` members. Raises ``ValueError`` for a source that
-    is not a tar shard (captions files are not indexed; write them to shards with ``cocu.data.writer``).
+    ``workers``: processes scanning shards in parallel (default: the machine's cores, at most
+    :data:`MAX_INDEX_WORKERS`). Raises ``ValueError`` for a source that is not a tar shard (captions files
+    are not indexed; write them to shards with ``cocu.data.writer``).
     """
     shards = resolve_sources(spec)
     others = [s for s in shards if not s.endswith(TAR_SUFFIX)]
@@ -279,19 +339,42 @@ def build_shard_index(
         )
     counter = skips if skips is not None else SkipCounter()
     before = dict(counter.counts)
-    builder = _Builder(with_json, counter)
-    for shard, path in enumerate(tqdm(shards, desc="index shards", unit="shard", disable=not progress)):
-        _scan_tar(path, shard, builder)
-    rows = np.asarray(builder.rows, dtype=np.int64).reshape(-1, 5)  # [n, 5]
+    count = workers if workers is not None else min(os.cpu_count() or 1, MAX_INDEX_WORKERS)
+    scans = _scan_all(shards, count, progress)
+    keys = _concat([s.keys for s in scans])
+    key_hash = np.concatenate([s.key_hash for s in scans] + [np.zeros(0, dtype=np.uint64)])
+    dup = _duplicates(keys, key_hash)
+    keep = ~dup
+    start = 0
+    for path, scan in zip(shards, scans):
+        for reason, key, detail in scan.events:
+            counter.add(reason, key, path, detail)
+        dup_here = np.flatnonzero(dup[start : start + len(scan)]).tolist()
+        flagged = set(scan.problems) | set(scan.bad_json) | set(dup_here)
+        for g in sorted(flagged):
+            key = scan.keys[g]
+            if dup[start + g]:
+                counter.add(reasons.DUPLICATE_KEY, key, path, "key already read")
+            elif g in scan.problems:
+                keep[start + g] = False
+                counter.add(scan.problems[g][0], key, path, scan.problems[g][1])
+            else:
+                for detail in scan.bad_json[g]:
+                    counter.add(reasons.BAD_JSON, key, path, detail)
+        start += len(scan)
+    shard_id = np.repeat(np.arange(len(shards), dtype=np.int32), [len(s) for s in scans])
+    image = np.concatenate([s.image for s in scans] + [np.zeros((0, 2), dtype=np.int64)])
+    meta = np.concatenate([s.meta for s in scans] + [np.zeros((0, 2), dtype=np.int64)])
     index = ShardIndex(
         shards=list(shards),
-        keys=PackedStrings.pack(builder.keys),
-        captions=PackedStrings.pack(builder.captions),
-        shard_id=rows[:, 0].astype(np.int32),
-        image_offset=rows[:, 1].copy(),
-        image_size=rows[:, 2].copy(),
-        json_offset=rows[:, 3].copy(),
-        json_size=rows[:, 4].copy(),
+        keys=keys.select(keep),
+        captions=_concat([s.captions for s in scans]).select(keep),
+        key_hash=key_hash[keep],
+        shard_id=shard_id[keep],
+        image_offset=image[keep, 0],
+        image_size=image[keep, 1],
+        json_offset=meta[keep, 0],
+        json_size=meta[keep, 1],
         skipped=_difference(counter.counts, before),
     )
     logger.info("indexed %d samples in %d shard(s); %d skipped", len(index), len(shards), counter.total)
@@ -306,13 +389,16 @@ def load_or_build_index(
     spec: str | Path | Sequence[str | Path],
     cache: str | Path | None,
     *,
-    with_json: bool = False,
     skips: SkipCounter | None = None,
     progress: bool = True,
-) -> ShardIndex:
-    """:func:`build_shard_index`, reusing ``cache`` (an ``.npz``) when it matches the shards; saves it."""
+    workers: int | None = None,
+) -> tuple[ShardIndex, str]:
+    """:func:`build_shard_index`, reusing ``cache`` (an ``.npz``) when it matches the shards; saves it.
+
+    Returns the index and the shards' fingerprint (which identifies it, e.g. for caches built on it).
+    """
     shards = resolve_sources(spec)
-    fingerprint = shards_fingerprint(shards, with_json)
+    fingerprint = shards_fingerprint(shards)
     if cache is not None and Path(cache).is_file():
         index = ShardIndex.load(cache, fingerprint)
         if index is not None:
@@ -323,8 +409,8 @@ def load_or_build_index(
                 sum(index.skipped.values()),
                 index.skipped,
             )
-            return index
-    index = build_shard_index(shards, with_json=with_json, skips=skips, progress=progress)
+            return index, fingerprint
+    index = build_shard_index(shards, skips=skips, progress=progress, workers=workers)
     if cache is not None:
         index.save(cache, fingerprint)
-    return index
+    return index, fingerprint
