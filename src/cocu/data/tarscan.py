@@ -5,8 +5,9 @@ Both the curation reader (:func:`cocu.data.reader.iter_samples`) and the trainin
 :func:`sample_problem`, so they always agree on which samples a shard holds.
 
 Members are read from the tar headers (ustar, GNU long names, pax ``path``/``size`` records) by a small
-parser that seeks over member data, so a header-only pass costs one 512-byte read per member; the data of
-the extensions asked for is read as well. Grouping follows webdataset: ``dir/000123.jpg`` has key
+parser over the memory-mapped file that jumps from header to header (a header-only pass touches one
+512-byte block per member; header checksums are verified for a whole shard at once); the data of the
+extensions asked for is read as well. Grouping follows webdataset: ``dir/000123.jpg`` has key
 ``dir/000123`` and extension ``jpg`` (everything after the first dot of the base name, lower-cased); a
 change of key, or an extension already present in the current group, starts a new sample. Directory
 entries are passed over; other non-file members, and files with an extension that is not used, are
@@ -23,10 +24,11 @@ and caption members; a sample that lacks one of them because of the cut is lost 
 from __future__ import annotations
 
 import json
+import mmap
 import os
-import re
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import Iterator, NamedTuple
+
+import numpy as np
 
 from cocu.data import skips as reasons
 from cocu.data.skips import SkipCounter
@@ -48,15 +50,14 @@ _PAX_GLOBAL = b"g"
 _GNU_LONGNAME = b"L"
 _GNU_LONGLINK = b"K"
 _POSIX_MAGIC = b"ustar\x0000"
-_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_KIND = {**{ext: "image" for ext in IMAGE_EXTS}, **{ext: "caption" for ext in CAPTION_EXTS}}
 
 
 class ShardDamage(Exception):
     """The tar is truncated or damaged at a byte position; nothing after it can be read."""
 
 
-@dataclass(frozen=True)
-class TarEntry:
+class TarEntry(NamedTuple):
     """One tar member: its name, type flag, and the byte range of its data in the file."""
 
     name: str
@@ -64,13 +65,8 @@ class TarEntry:
     offset: int
     size: int
 
-    @property
-    def is_file(self) -> bool:
-        return self.type in _REGULAR
 
-
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """A used member of a sample: data at ``offset`` .. ``offset + size`` of the shard; ``data`` if read."""
 
     offset: int
@@ -78,17 +74,23 @@ class Member:
     data: bytes | None
 
 
-@dataclass
 class TarSample:
     """The members of one webdataset sample, by extension, in the order met."""
 
-    key: str
-    source: str
-    members: dict[str, Member] = field(default_factory=dict)
+    __slots__ = ("key", "source", "members")
+
+    def __init__(self, key: str, source: str) -> None:
+        self.key = key
+        self.source = source
+        self.members: dict[str, Member] = {}
 
     def first(self, exts: tuple[str, ...]) -> Member | None:
         """The first member present among ``exts`` (in that order)."""
-        return next((self.members[ext] for ext in exts if ext in self.members), None)
+        for ext in exts:
+            member = self.members.get(ext)
+            if member is not None:
+                return member
+        return None
 
     @property
     def image(self) -> Member | None:
@@ -105,15 +107,26 @@ class TarSample:
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
-    """webdataset's split of a member name into ``(key, lower-cased extension)``; ``None`` without a dot."""
-    match = _WDS_NAME.match(name)
-    if match is None:
+    """webdataset's split of a member name into ``(key, lower-cased extension)`` (its pattern
+    ``^((?:.*/|)[^.]+)[.]([^/]*)$``): the key runs to the first dot of the base name; ``None`` without one."""
+    base = name.rfind("/") + 1
+    dot = name.find(".", base)
+    if dot < 0 or dot == 0:
         return None
-    return match.group(1), match.group(2).lower()
+    if dot == base:  # ``dir/.x``: the pattern's key may then end with "/" if no dot comes after a slash
+        head = name[: dot - 1]
+        last_dot = head.rfind(".")
+        if last_dot >= 0 and head.find("/", last_dot + 1) < 0:
+            return None
+    return name[:dot], name[dot + 1 :].lower()
 
 
 def _number(field_bytes: bytes, what: str, pos: int) -> int:
     """A numeric header field: octal text, or GNU base-256 when the first byte has its high bit set."""
+    try:
+        return int(field_bytes.rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        pass
     if field_bytes and field_bytes[0] in (0x80, 0xFF):
         value = int.from_bytes(field_bytes[1:], "big")
         return value - (1 << (8 * (len(field_bytes) - 1))) if field_bytes[0] == 0xFF else value
@@ -121,7 +134,7 @@ def _number(field_bytes: bytes, what: str, pos: int) -> int:
     try:
         return int(text, 8) if text else 0
     except ValueError:
-        raise ShardDamage(f"invalid {what} field in the header at byte {pos}") from None
+        raise ShardDamage(f"invalid {what} field in the header at byte {pos} (not a tar archive, or damaged)") from None
 
 
 def _text(raw: bytes) -> str:
@@ -147,56 +160,74 @@ def _pax_records(data: bytes, pos: int) -> dict[str, str]:
     return records
 
 
-def iter_entries(handle: BinaryIO, file_size: int) -> Iterator[TarEntry]:
-    """The members of an uncompressed tar in order (pax and GNU long-name headers applied, not yielded).
+def read_entries(buf: bytes | mmap.mmap) -> tuple[list[TarEntry], str]:
+    """The members of an uncompressed tar held in ``buf``, in order (pax and GNU long-name headers applied,
+    not listed), and ``""``, or the members before the damage and what the damage is.
 
-    The caller may read a member's data from ``handle`` between iterations. Raises :class:`ShardDamage`
-    where the archive is cut or damaged; a valid archive ends at a zero block.
+    A valid archive ends at a zero block. Header checksums are verified for all headers at once.
     """
+    file_size = len(buf)
+    entries: list[TarEntry] = []
+    header_at: list[int] = []  # byte position of every header walked
+    stored: list[int] = []  # its checksum field
+    entry_header: list[int] = []  # entry -> index of its header in ``header_at``
+    damage = ""
     pos = 0
     pending_name: str | None = None
     pending_size: int | None = None
-    while True:
-        handle.seek(pos)
-        header = handle.read(BLOCK)
-        if len(header) < BLOCK:
-            if not header:
-                raise ShardDamage(f"the file ends at byte {pos} without an end-of-archive marker (truncated)")
-            raise ShardDamage(f"the file ends inside the member header at byte {pos} (truncated)")
-        if header == _ZERO_BLOCK:
-            return
-        stored = _number(header[148:156], "checksum", pos)
-        computed = sum(header) - sum(header[148:156]) + 8 * 0x20
-        if stored != computed:
-            raise ShardDamage(f"bad header checksum at byte {pos} (not a tar archive, or damaged)")
-        type_flag = header[156:157]
-        size = _number(header[124:136], "size", pos) if pending_size is None else pending_size
-        if size < 0:
-            raise ShardDamage(f"negative member size in the header at byte {pos}")
-        offset = pos + BLOCK
-        if offset + size > file_size:
-            raise ShardDamage(f"the member at byte {pos} runs past the end of the file (truncated)")
-        pos = offset + (size + BLOCK - 1) // BLOCK * BLOCK
-        if type_flag in _PAX_LOCAL or type_flag == _GNU_LONGNAME:
-            handle.seek(offset)
-            data = handle.read(size)
-            if type_flag == _GNU_LONGNAME:
-                pending_name = _text(data)
-            else:
-                records = _pax_records(data, offset - BLOCK)
-                pending_name = records.get("path", pending_name)
-                if "size" in records:
-                    pending_size = int(records["size"])
-            continue
-        if type_flag in (_PAX_GLOBAL, _GNU_LONGLINK):
-            continue
-        name = pending_name
-        if name is None:
-            name = _text(header[0:100])
-            if header[257:265] == _POSIX_MAGIC and header[345] != 0:
-                name = _text(header[345:500]) + "/" + name
-        pending_name, pending_size = None, None
-        yield TarEntry(name=name, type=type_flag, offset=offset, size=size)
+    try:
+        while True:
+            if pos + BLOCK > file_size:
+                if pos == file_size:
+                    raise ShardDamage(f"the file ends at byte {pos} without an end-of-archive marker (truncated)")
+                raise ShardDamage(f"the file ends inside the member header at byte {pos} (truncated)")
+            if buf[pos] == 0 and buf[pos : pos + BLOCK] == _ZERO_BLOCK:
+                break
+            header = buf[pos : pos + BLOCK]
+            header_at.append(pos)
+            stored.append(_number(header[148:156], "checksum", pos))
+            type_flag = header[156:157]
+            size = _number(header[124:136], "size", pos) if pending_size is None else pending_size
+            if size < 0:
+                raise ShardDamage(f"negative member size in the header at byte {pos}")
+            offset = pos + BLOCK
+            if offset + size > file_size:
+                raise ShardDamage(f"the member at byte {pos} runs past the end of the file (truncated)")
+            next_pos = offset + (size + BLOCK - 1) // BLOCK * BLOCK
+            if type_flag in _PAX_LOCAL or type_flag == _GNU_LONGNAME:
+                data = bytes(buf[offset : offset + size])
+                if type_flag == _GNU_LONGNAME:
+                    pending_name = _text(data)
+                else:
+                    records = _pax_records(data, pos)
+                    pending_name = records.get("path", pending_name)
+                    if "size" in records:
+                        pending_size = int(records["size"])
+            elif type_flag not in (_PAX_GLOBAL, _GNU_LONGLINK):
+                name = pending_name
+                if name is None:
+                    end = header.find(b"\0", 0, 100)
+                    name = header[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
+                    if header[257:265] == _POSIX_MAGIC and header[345] != 0:
+                        name = _text(header[345:500]) + "/" + name
+                pending_name, pending_size = None, None
+                entries.append(TarEntry(name, type_flag, offset, size))
+                entry_header.append(len(header_at) - 1)
+            pos = next_pos
+    except ShardDamage as exc:
+        damage = str(exc)
+    if header_at:
+        whole = len(buf) // BLOCK
+        raw = np.frombuffer(buf, dtype=np.uint8, count=whole * BLOCK).reshape(whole, BLOCK)
+        blocks = raw[np.asarray(header_at, dtype=np.int64) // BLOCK]  # [h, 512]; headers start on blocks
+        del raw
+        computed = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 0x20
+        bad = np.flatnonzero(computed != np.asarray(stored, dtype=np.int64))
+        if bad.size:
+            first = int(bad[0])
+            entries = [e for e, h in zip(entries, entry_header) if h < first]
+            damage = f"bad header checksum at byte {header_at[first]} (not a tar archive, or damaged)"
+    return entries, damage
 
 
 def scan_tar(path: str, skips: SkipCounter, load: frozenset[str] = USED_EXTS) -> Iterator[TarSample]:
@@ -205,50 +236,59 @@ def scan_tar(path: str, skips: SkipCounter, load: frozenset[str] = USED_EXTS) ->
     Member-level skips (``unexpected_member``, ``corrupt_shard``) are counted in ``skips``; whether a
     yielded sample is usable is for :func:`sample_problem` (and the caller's duplicate-key check) to say.
     """
-    current: TarSample | None = None
     try:
-        with open(path, "rb", buffering=1 << 16) as handle:
-            file_size = os.fstat(handle.fileno()).st_size
-            for entry in iter_entries(handle, file_size):
-                if entry.type == _DIRECTORY:
-                    continue
-                if not entry.is_file:
-                    skips.add(reasons.UNEXPECTED_MEMBER, entry.name, path, "not a regular file")
-                    continue
-                parts = split_member_name(entry.name)
-                if parts is None or parts[1] not in USED_EXTS:
-                    skips.add(reasons.UNEXPECTED_MEMBER, entry.name, path, "unexpected extension")
-                    continue
-                key, ext = parts
-                data = None
-                if ext in load:
-                    handle.seek(entry.offset)
-                    data = handle.read(entry.size)
-                if current is not None and (key != current.key or ext in current.members):
-                    yield _finish(current, skips)
-                    current = None
-                if current is None:
-                    current = TarSample(key=key, source=path)
-                current.members[ext] = Member(entry.offset, entry.size, data)
-    except (ShardDamage, OSError) as exc:
-        pending = current
-        if pending is not None and pending.complete:
-            yield _finish(pending, skips)
-            pending = None
-        lost = f"; the incomplete sample {pending.key!r} being read is lost" if pending is not None else ""
-        skips.add(reasons.CORRUPT_SHARD, current.key if current is not None else "", path, f"{exc}{lost}")
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise OSError("the file is empty")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                yield from _group(path, buf, skips, load)
+    except OSError as exc:
+        skips.add(reasons.CORRUPT_SHARD, "", path, f"{type(exc).__name__}: {exc}")
+
+
+def _group(path: str, buf: mmap.mmap, skips: SkipCounter, load: frozenset[str]) -> Iterator[TarSample]:
+    entries, damage = read_entries(buf)
+    current: TarSample | None = None
+    for name, type_flag, offset, size in entries:
+        if type_flag not in _REGULAR:
+            if type_flag != _DIRECTORY:
+                skips.add(reasons.UNEXPECTED_MEMBER, name, path, "not a regular file")
+            continue
+        parts = split_member_name(name)
+        if parts is None or parts[1] not in USED_EXTS:
+            skips.add(reasons.UNEXPECTED_MEMBER, name, path, "unexpected extension")
+            continue
+        key, ext = parts
+        if current is not None and (key != current.key or ext in current.members):
+            yield _finish(current, skips)
+            current = None
+        if current is None:
+            current = TarSample(key, path)
+        current.members[ext] = Member(offset, size, buf[offset : offset + size] if ext in load else None)
+    if not damage:
+        if current is not None:
+            yield _finish(current, skips)
         return
-    if current is not None:
+    lost = ""
+    if current is not None and current.complete:
         yield _finish(current, skips)
+    elif current is not None:
+        lost = f"; the incomplete sample {current.key!r} being read is lost"
+    skips.add(reasons.CORRUPT_SHARD, current.key if current is not None else "", path, f"{damage}{lost}")
 
 
 def _finish(sample: TarSample, skips: SkipCounter) -> TarSample:
     """Count the second members of a kind (the first in preference order is the one used)."""
-    for kind in (IMAGE_EXTS, CAPTION_EXTS):
-        present = [ext for ext in kind if ext in sample.members]
-        for ext in present[1:]:
-            detail = f"{sample.key}.{ext}: another member of the same kind, kept .{present[0]}"
-            skips.add(reasons.UNEXPECTED_MEMBER, sample.key, sample.source, detail)
+    members = sample.members
+    if len(members) > 2 or not (len(members) == 2 and _KIND.get(next(iter(members))) != _KIND.get(
+        next(reversed(members.keys()))
+    )):
+        for kind in (IMAGE_EXTS, CAPTION_EXTS):
+            present = [ext for ext in kind if ext in members]
+            for ext in present[1:]:
+                detail = f"{sample.key}.{ext}: another member of the same kind, kept .{present[0]}"
+                skips.add(reasons.UNEXPECTED_MEMBER, sample.key, sample.source, detail)
     return sample
 
 

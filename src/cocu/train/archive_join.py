@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from cocu.curation.archive import ArchiveRow, part_files
 from cocu.data.skips import SkipCounter
-from cocu.train.shards import PackedStrings, ShardIndex, files_fingerprint, hash_keys
+from cocu.train.shards import PackedStrings, ShardIndex, files_fingerprint, hash_strings
 from cocu.utils.atomic import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,15 @@ def _strings(packed: PackedStrings) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(packed.offsets), pa.py_buffer(packed.blob))
 
 
+def _arrow_hashes(array: pa.Array) -> np.ndarray:
+    """:func:`~cocu.train.shards.hash_strings` of an Arrow string array, read from its buffers."""
+    large = array.cast(pa.large_string())
+    buffers = large.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[large.offset : large.offset + len(large) + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, dtype=np.uint8)
+    return hash_strings(data, offsets)
+
+
 def _bools(array: pa.Array) -> np.ndarray:
     return pc.fill_null(array, False).to_numpy(zero_copy_only=False).astype(bool)
 
@@ -226,7 +235,7 @@ def _join(
             if n == 0:
                 break
             batch_keys = batch.column("key")
-            hashes = hash_keys(str(k) for k in batch_keys.to_pylist())
+            hashes = _arrow_hashes(batch_keys)
             pos = np.minimum(np.searchsorted(sorted_hash, hashes), n - 1)  # [b]
             arows = np.flatnonzero(sorted_hash[pos] == hashes)
             irows = order[pos[arows]]

@@ -29,7 +29,7 @@ import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -79,12 +79,43 @@ class PackedStrings:
         return [self[i] for i in range(len(self))]
 
 
-def hash_keys(keys: Iterable[str]) -> np.ndarray:
-    """A 64-bit hash of each key (BLAKE2b of its UTF-8 bytes): uint64 [n]; equal keys, equal hashes."""
-    digests = b"".join(
-        hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest() for key in keys
-    )
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+_MULT = np.uint64(0x100000001B3)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def hash_strings(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each string ``data[offsets[i] : offsets[i+1]]`` (UTF-8 bytes): uint64 [n].
+
+    A polynomial hash of the bytes (mod 2**64) finished with the splitmix64 mixer, computed with numpy in
+    one pass over the bytes (explicit uint64 operands, so numpy 1.x and 2.x give the same numbers). Equal
+    strings have equal hashes; a match of hashes is confirmed on the strings by its users.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = offsets.shape[0] - 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    base = int(offsets[0])
+    lengths = np.diff(offsets)  # [n]
+    total = int(offsets[-1]) - base
+    position = np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1] - base, lengths)  # [total]
+    powers = np.full(max(1, int(lengths.max(initial=0))), _MULT, dtype=np.uint64)
+    powers[0] = np.uint64(1)
+    powers = np.cumprod(powers, dtype=np.uint64)  # P**k mod 2**64
+    terms = data[base : base + total].astype(np.uint64) * powers[position]  # [total]
+    running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(terms, dtype=np.uint64)])
+    h = running[offsets[1:] - base] - running[offsets[:-1] - base] + lengths.astype(np.uint64) * _MIX[0]
+    h = h ^ (h >> _SHIFTS[0])
+    h = h * _MIX[0]
+    h = h ^ (h >> _SHIFTS[1])
+    h = h * _MIX[1]
+    return h ^ (h >> _SHIFTS[2])
+
+
+def hash_keys(keys: Sequence[str]) -> np.ndarray:
+    """:func:`hash_strings` of each key: uint64 [n]; equal keys, equal hashes."""
+    packed = PackedStrings.pack(keys)
+    return hash_strings(packed.blob, packed.offsets)
 
 
 @dataclass(frozen=True)
@@ -236,29 +267,32 @@ def _scan_shard(path: str) -> _ShardScan:
     bad_json: dict[int, list[str]] = {}
     for g, sample in enumerate(scan_tar(path, recorder, load=SMALL_EXTS)):
         keys.append(sample.key)
+        members = sample.members
         img, cap = sample.image, sample.caption
         image.append((img.offset, img.size) if img is not None else (-1, 0))
-        problem = sample_problem(img is not None, cap.data if cap is not None else None)
-        json_member = sample.members.get(META_EXT)
         meta.append((-1, 0))
-        if problem is not None:
+        text = caption_text(cap.data) if cap is not None and cap.data is not None else None
+        if text is None or not text.strip("\0").strip() or img is None:
+            problem = sample_problem(img is not None, cap.data if cap is not None else None)
+            assert problem is not None
             problems[g] = problem
             captions.append("")
             continue
-        assert cap is not None and cap.data is not None
-        captions.append(caption_text(cap.data) or "")
-        for ext in (META_EXT, CURATED_EXT):
-            member = sample.members.get(ext)
-            if member is None:
-                continue
-            value, why = json_object(member.data or b"")
-            if value is None:
-                bad_json.setdefault(g, []).append(why)
-            elif member is json_member:
-                meta[-1] = (member.offset, member.size)
+        captions.append(text)
+        if META_EXT in members or CURATED_EXT in members:
+            for ext in (META_EXT, CURATED_EXT):
+                member = members.get(ext)
+                if member is None:
+                    continue
+                value, why = json_object(member.data or b"")
+                if value is None:
+                    bad_json.setdefault(g, []).append(why)
+                elif ext == META_EXT:
+                    meta[-1] = (member.offset, member.size)
+    packed_keys = PackedStrings.pack(keys)
     return _ShardScan(
-        keys=PackedStrings.pack(keys),
-        key_hash=hash_keys(keys),
+        keys=packed_keys,
+        key_hash=hash_strings(packed_keys.blob, packed_keys.offsets),
         captions=PackedStrings.pack(captions),
         image=np.asarray(image, dtype=np.int64).reshape(-1, 2),
         meta=np.asarray(meta, dtype=np.int64).reshape(-1, 2),
