@@ -43,12 +43,11 @@ SMALL_EXTS = frozenset(CAPTION_EXTS + (META_EXT, CURATED_EXT))
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
-_REGULAR = (b"0", b"\0", b"7")
-_DIRECTORY = b"5"
-_PAX_LOCAL = (b"x", b"X")
-_PAX_GLOBAL = b"g"
-_GNU_LONGNAME = b"L"
-_GNU_LONGLINK = b"K"
+_REGULAR = frozenset(b"0\x007")  # type flags as byte values
+_DIRECTORY = ord("5")
+_PAX_LOCAL = frozenset(b"xX")
+_GNU_LONGNAME = ord("L")
+_EXTENSION = frozenset(b"xXLgK")  # pax local/global, GNU long name/link: headers about the next member
 _POSIX_MAGIC = b"ustar\x0000"
 _KIND = {**{ext: "image" for ext in IMAGE_EXTS}, **{ext: "caption" for ext in CAPTION_EXTS}}
 
@@ -57,13 +56,9 @@ class ShardDamage(Exception):
     """The tar is truncated or damaged at a byte position; nothing after it can be read."""
 
 
-class TarEntry(NamedTuple):
-    """One tar member: its name, type flag, and the byte range of its data in the file."""
-
-    name: str
-    type: bytes
-    offset: int
-    size: int
+TarEntry = tuple[str, int, int, int]
+"""One tar member: its name, type flag (a byte value: ``ord("0")`` for a file), and its data's offset and
+size in the file."""
 
 
 class Member(NamedTuple):
@@ -164,13 +159,16 @@ def read_entries(buf: bytes | mmap.mmap) -> tuple[list[TarEntry], str]:
     """The members of an uncompressed tar held in ``buf``, in order (pax and GNU long-name headers applied,
     not listed), and ``""``, or the members before the damage and what the damage is.
 
-    A valid archive ends at a zero block. Header checksums are verified for all headers at once.
+    A valid archive ends at a zero block. The walk from header to header reads each header's size, type and
+    name; the checksums of all headers are then verified at once.
     """
     file_size = len(buf)
-    entries: list[TarEntry] = []
     header_at: list[int] = []  # byte position of every header walked
-    stored: list[int] = []  # its checksum field
-    entry_header: list[int] = []  # entry -> index of its header in ``header_at``
+    entry_header: list[int] = []  # per entry: index of its header in ``header_at``
+    names: list[str] = []
+    types: list[int] = []
+    offsets: list[int] = []
+    sizes: list[int] = []
     damage = ""
     pos = 0
     pending_name: str | None = None
@@ -183,51 +181,70 @@ def read_entries(buf: bytes | mmap.mmap) -> tuple[list[TarEntry], str]:
                 raise ShardDamage(f"the file ends inside the member header at byte {pos} (truncated)")
             if buf[pos] == 0 and buf[pos : pos + BLOCK] == _ZERO_BLOCK:
                 break
-            header = buf[pos : pos + BLOCK]
             header_at.append(pos)
-            stored.append(_number(header[148:156], "checksum", pos))
-            type_flag = header[156:157]
-            size = _number(header[124:136], "size", pos) if pending_size is None else pending_size
+            type_flag = buf[pos + 156]
+            size = _number(buf[pos + 124 : pos + 136], "size", pos) if pending_size is None else pending_size
             if size < 0:
                 raise ShardDamage(f"negative member size in the header at byte {pos}")
             offset = pos + BLOCK
             if offset + size > file_size:
                 raise ShardDamage(f"the member at byte {pos} runs past the end of the file (truncated)")
-            next_pos = offset + (size + BLOCK - 1) // BLOCK * BLOCK
-            if type_flag in _PAX_LOCAL or type_flag == _GNU_LONGNAME:
-                data = bytes(buf[offset : offset + size])
+            if type_flag in _EXTENSION:
                 if type_flag == _GNU_LONGNAME:
-                    pending_name = _text(data)
-                else:
-                    records = _pax_records(data, pos)
+                    pending_name = _text(bytes(buf[offset : offset + size]))
+                elif type_flag in _PAX_LOCAL:
+                    records = _pax_records(bytes(buf[offset : offset + size]), pos)
                     pending_name = records.get("path", pending_name)
                     if "size" in records:
                         pending_size = int(records["size"])
-            elif type_flag not in (_PAX_GLOBAL, _GNU_LONGLINK):
-                name = pending_name
-                if name is None:
-                    end = header.find(b"\0", 0, 100)
-                    name = header[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
-                    if header[257:265] == _POSIX_MAGIC and header[345] != 0:
-                        name = _text(header[345:500]) + "/" + name
-                pending_name, pending_size = None, None
-                entries.append(TarEntry(name, type_flag, offset, size))
+            else:
+                if pending_name is None:
+                    end = buf.find(b"\0", pos, pos + 100)
+                    name = buf[pos : end if end >= 0 else pos + 100].decode("utf-8", "surrogateescape")
+                    if buf[pos + 345] != 0 and buf[pos + 257 : pos + 265] == _POSIX_MAGIC:
+                        name = _text(buf[pos + 345 : pos + 500]) + "/" + name
+                else:
+                    name = pending_name
                 entry_header.append(len(header_at) - 1)
-            pos = next_pos
+                names.append(name)
+                types.append(type_flag)
+                offsets.append(offset)
+                sizes.append(size)
+                pending_name, pending_size = None, None
+            pos = offset + (size + BLOCK - 1) // BLOCK * BLOCK
     except ShardDamage as exc:
         damage = str(exc)
-    if header_at:
-        whole = len(buf) // BLOCK
-        raw = np.frombuffer(buf, dtype=np.uint8, count=whole * BLOCK).reshape(whole, BLOCK)
-        blocks = raw[np.asarray(header_at, dtype=np.int64) // BLOCK]  # [h, 512]; headers start on blocks
-        del raw
-        computed = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 0x20
-        bad = np.flatnonzero(computed != np.asarray(stored, dtype=np.int64))
-        if bad.size:
-            first = int(bad[0])
-            entries = [e for e, h in zip(entries, entry_header) if h < first]
-            damage = f"bad header checksum at byte {header_at[first]} (not a tar archive, or damaged)"
+    entries = list(zip(names, types, offsets, sizes))
+    if not header_at:
+        return entries, damage
+    whole = file_size // BLOCK
+    raw = np.frombuffer(buf, dtype=np.uint8, count=whole * BLOCK).reshape(whole, BLOCK)
+    blocks = raw[np.asarray(header_at, dtype=np.int64) // BLOCK]  # [h, 512]; headers start on blocks
+    del raw
+    computed = np.add.reduce(blocks, axis=1, dtype=np.uint32).astype(np.int64)  # [h]
+    computed -= np.add.reduce(blocks[:, 148:156], axis=1, dtype=np.uint32).astype(np.int64)
+    computed += 8 * 0x20  # the checksum field counts as eight spaces
+    bad = np.flatnonzero(computed != _octal_columns(blocks[:, 148:156]))
+    if bad.size:
+        first = int(bad[0])
+        damage = f"bad header checksum at byte {header_at[first]} (not a tar archive, or damaged)"
+        entries = entries[: int(np.searchsorted(np.asarray(entry_header, dtype=np.int64), first))]
     return entries, damage
+
+
+def _octal_columns(fields: np.ndarray) -> np.ndarray:
+    """Octal numbers written as text in each row of ``fields`` (uint8 [h, w]): leading spaces, digits,
+    then a NUL or space; int64 [h]. A malformed field gives a number that fails the checksum test."""
+    value = np.zeros(fields.shape[0], dtype=np.int64)
+    started = np.zeros(fields.shape[0], dtype=bool)
+    ended = np.zeros(fields.shape[0], dtype=bool)
+    for column in fields.T.astype(np.int64):
+        digit = (column >= 0x30) & (column <= 0x37)
+        active = digit & ~ended
+        value = np.where(active, value * 8 + column - 0x30, value)
+        started |= digit
+        ended |= started & ~digit
+    return value
 
 
 def scan_tar(path: str, skips: SkipCounter, load: frozenset[str] = USED_EXTS) -> Iterator[TarSample]:
