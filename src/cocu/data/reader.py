@@ -45,7 +45,9 @@ from PIL import Image
 from cocu.data import skips as reasons
 from cocu.data.skips import SkipCounter
 from cocu.data.tarscan import (
+    CAPTION_EXTS,
     CURATED_EXT,
+    IMAGE_EXTS,
     META_EXT,
     USED_EXTS,
     Member,
@@ -178,12 +180,15 @@ def _captions_rows(path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]
     suffix = Path(path).suffix.lower()
     if suffix == ".parquet":
         parquet = pq.ParquetFile(path)
-        _require_columns(path, parquet.schema_arrow.names)
+        roles = _parquet_roles(path, parquet.schema_arrow)
+        image_type = parquet.schema_arrow.field(next(c for c, r in roles.items() if r == "image")).type
+        inline = pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type) or pa.types.is_struct(image_type)
         row_number = 0
-        for batch in parquet.iter_batches(batch_size=4096):
+        for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 row_number += 1
-                yield f"row {row_number}", row, ""
+                default_key = f"{Path(path).stem}/{row_number:09d}"
+                yield f"row {row_number}", _renamed(row, roles, inline, default_key), ""
         return
     if suffix == ".jsonl":
         with open(path, "rb") as handle:
@@ -222,6 +227,42 @@ def _captions_rows(path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]
             yield f"line {reader.line_num}", dict(row), ""
 
 
+def _parquet_roles(path: str, schema: pa.Schema) -> dict[str, str]:
+    """Column -> role (``image``, ``caption``, ``key``) of a parquet captions file.
+
+    Besides ``image`` (a path, or the image bytes) / ``caption`` / ``key``, the layouts of img2dataset's
+    parquet output (image bytes in a column named after the format, e.g. ``jpg``) and of Hugging Face
+    parquet exports of webdataset sets (``jpg`` as bytes or as an image struct with ``bytes``, ``txt``,
+    ``__key__``) are read.
+    """
+    names = schema.names
+    image = next((n for n in ("image", *IMAGE_EXTS) if n in names), None)
+    caption = next((n for n in ("caption", *CAPTION_EXTS) if n in names), None)
+    key = next((n for n in ("key", "__key__") if n in names), None)
+    if image is None or caption is None:
+        missing = [role for role, found in (("image", image), ("caption", caption)) if found is None]
+        raise ValueError(
+            f"captions file {path} lacks column(s) {missing} (image: image or {'/'.join(IMAGE_EXTS)} bytes; "
+            f"caption: caption, txt or text); found {list(names)}"
+        )
+    return {column: role for column, role in ((image, "image"), (caption, "caption"), (key, "key")) if column}
+
+
+def _renamed(row: dict[str, Any], roles: dict[str, str], inline: bool, default_key: str) -> dict[str, Any]:
+    """A parquet row with its role columns renamed. With ``inline`` images the image is bytes (``b""`` when
+    the row has none, e.g. a failed download), taken out of an image struct's ``bytes`` field if need be."""
+    out = {name: value for name, value in row.items() if name not in roles and not isinstance(value, bytes)}
+    for column, role in roles.items():
+        value = row[column]
+        if role == "image" and inline:
+            value = value.get("bytes") if isinstance(value, dict) else value
+            value = value if isinstance(value, bytes) else b""
+        out[role] = value
+    if inline and out.get("key") in (None, ""):
+        out["key"] = default_key
+    return out
+
+
 def _require_columns(path: str, names: Sequence[str]) -> None:
     missing = [name for name in ("image", "caption") if name not in names]
     if missing:
@@ -246,7 +287,8 @@ def _iter_captions(path: str, skips: SkipCounter) -> Iterator[_Raw]:
     try:
         for where, row, problem in _captions_rows(path):
             image_ref = row.get("image") if row is not None else None
-            if row is None or not isinstance(image_ref, str) or not image_ref.strip():
+            inline = isinstance(image_ref, bytes)
+            if row is None or not (inline or (isinstance(image_ref, str) and image_ref.strip())):
                 skips.add(reasons.BAD_ROW, "", path, f"{where}: {problem or 'no image path'}")
                 continue
             caption = row.get("caption")
@@ -254,12 +296,20 @@ def _iter_captions(path: str, skips: SkipCounter) -> Iterator[_Raw]:
                 skips.add(reasons.BAD_ROW, "", path, f"{where}: caption is a {type(caption).__name__}, not text")
                 continue
             given_key = row.get("key")
-            key = str(given_key) if given_key not in (None, "") else str(PurePosixPath(image_ref).with_suffix(""))
+            if given_key not in (None, ""):
+                key = str(given_key)
+            else:
+                assert isinstance(image_ref, str)
+                key = str(PurePosixPath(image_ref).with_suffix(""))
             meta = {name: value for name, value in row.items() if name not in _RESERVED_COLUMNS}
             raw = _Raw(key=key, source=path, image=None, caption=caption, meta=meta or None)
             raw.where = where
-            image_path = Path(image_ref) if os.path.isabs(image_ref) else folder / image_ref
-            raw.image, raw.image_problem = _read_image_file(image_path)
+            if inline:
+                raw.image = image_ref or None
+                raw.image_problem = "" if image_ref else "no image bytes in the row"
+            else:
+                image_path = Path(image_ref) if os.path.isabs(image_ref) else folder / image_ref
+                raw.image, raw.image_problem = _read_image_file(image_path)
             yield raw
     except (OSError, pa.ArrowException) as exc:
         skips.add(reasons.CORRUPT_SHARD, "", path, f"{type(exc).__name__}: {exc}")
