@@ -53,9 +53,11 @@ from cocu.data.tarscan import (
     Member,
     TarSample,
     caption_text,
+    finish_sample,
     json_object,
     sample_problem,
     scan_tar,
+    split_member_name,
 )
 from cocu.data.transforms import exif_to_rgb
 
@@ -121,13 +123,25 @@ def expand_braces(pattern: str) -> list[str]:
     return [head + item + rest for item in items for rest in tails]
 
 
+def _holds_images(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any((split_member_name(e.name) or ("", ""))[1] in IMAGE_EXTS for e in entries)
+
+
 def _resolve_one(spec: str) -> list[str]:
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         tars = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(TAR_SUFFIX))
-        if not tars:
-            raise ValueError(f"directory {path} holds no {TAR_SUFFIX} files")
-        return [str(p) for p in tars]
+        if tars:
+            return [str(p) for p in tars]
+        folders = ([path] if _holds_images(path) else []) + sorted(
+            p for p in path.iterdir() if p.is_dir() and _holds_images(p)
+        )
+        if not folders:
+            raise ValueError(
+                f"directory {path} holds no {TAR_SUFFIX} files and no image files (img2dataset's `files` layout)"
+            )
+        return [str(p) + os.sep for p in folders]
     if not path.exists():
         raise FileNotFoundError(f"data source not found: {path}")
     if path.name.endswith(TAR_SUFFIX) or path.suffix.lower() in CAPTIONS_SUFFIXES:
@@ -167,6 +181,36 @@ def _raw_from_scan(scanned: TarSample) -> _Raw:
         curated=data(scanned.members.get(CURATED_EXT)),
     )
     return raw
+
+
+def _iter_files(folder: str, skips: SkipCounter) -> Iterator[_Raw]:
+    """Raw samples of one folder of img2dataset's ``files`` output (``{key}.jpg``, ``{key}.txt``,
+    ``{key}.json``), grouped as in a tar (files of one key are adjacent in name order)."""
+    current: TarSample | None = None
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir():
+            continue
+        parts = split_member_name(entry.name)
+        if not entry.is_file() or parts is None or parts[1] not in USED_EXTS:
+            why = "not a regular file" if not entry.is_file() else "unexpected extension"
+            skips.add(reasons.UNEXPECTED_MEMBER, entry.name, folder, why)
+            continue
+        key, ext = parts
+        if current is not None and key != current.key:
+            yield _raw_from_scan(finish_sample(current, skips))
+            current = None
+        if current is None:
+            current = TarSample(key, folder)
+        if ext in current.members:
+            skips.add(reasons.UNEXPECTED_MEMBER, entry.name, folder, f"another .{ext} file of the same key")
+            continue
+        data, problem = _read_image_file(Path(entry.path))
+        if data is None:
+            skips.add(reasons.UNEXPECTED_MEMBER, entry.name, folder, problem)
+            continue
+        current.members[ext] = Member(0, len(data), data)
+    if current is not None:
+        yield _raw_from_scan(finish_sample(current, skips))
 
 
 def _iter_tar(path: str, skips: SkipCounter) -> Iterator[_Raw]:
@@ -402,7 +446,12 @@ def iter_samples(
     validate = _Validator(decode_images, counter)
     for source in sources:
         logger.debug("reading %s", source)
-        raws = _iter_tar(source, counter) if source.endswith(TAR_SUFFIX) else _iter_captions(source, counter)
+        if source.endswith(TAR_SUFFIX):
+            raws = _iter_tar(source, counter)
+        elif source.endswith(os.sep):
+            raws = _iter_files(source, counter)
+        else:
+            raws = _iter_captions(source, counter)
         for raw in raws:
             sample = validate(raw)
             if sample is not None:

@@ -278,24 +278,24 @@ def _group(path: str, buf: mmap.mmap, skips: SkipCounter, load: frozenset[str]) 
             continue
         key, ext = parts
         if current is not None and (key != current.key or ext in current.members):
-            yield _finish(current, skips)
+            yield finish_sample(current, skips)
             current = None
         if current is None:
             current = TarSample(key, path)
         current.members[ext] = Member(offset, size, buf[offset : offset + size] if ext in load else None)
     if not damage:
         if current is not None:
-            yield _finish(current, skips)
+            yield finish_sample(current, skips)
         return
     lost = ""
     if current is not None and current.complete:
-        yield _finish(current, skips)
+        yield finish_sample(current, skips)
     elif current is not None:
         lost = f"; the incomplete sample {current.key!r} being read is lost"
     skips.add(reasons.CORRUPT_SHARD, current.key if current is not None else "", path, f"{damage}{lost}")
 
 
-def _finish(sample: TarSample, skips: SkipCounter) -> TarSample:
+def finish_sample(sample: TarSample, skips: SkipCounter) -> TarSample:
     """Count the second members of a kind (the first in preference order is the one used)."""
     members = sample.members
     if len(members) > 2 or not (len(members) == 2 and _KIND.get(next(iter(members))) != _KIND.get(
