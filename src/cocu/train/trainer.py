@@ -36,7 +36,8 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -264,37 +265,43 @@ def save_final_model(model: nn.Module, tokenizer, out: Path, image_size: int) ->
     staging.rmdir()
 
 
+def _generators(device: torch.device) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]]:
+    """The random generators whose states a checkpoint keeps for every rank, as (get, set): torch's CPU
+    generator, and on CUDA the device's (where the model's Gumbel noise is drawn)."""
+    found = {"torch": (torch.get_rng_state, torch.set_rng_state)}
+    if device.type == "cuda":
+        found["cuda"] = (partial(torch.cuda.get_rng_state, device), partial(torch.cuda.set_rng_state, device=device))
+    return found
+
+
 def _rng_rows(ctx: DistContext) -> dict[str, torch.Tensor]:
-    rows = {"torch": gather_rows(torch.get_rng_state(), ctx)}
-    if ctx.device.type == "cuda":
-        rows["cuda"] = gather_rows(torch.cuda.get_rng_state(ctx.device), ctx)
-    return rows
+    """Every rank's generator states: ``{name: uint8 [world, n]}`` (the same on all ranks)."""
+    return {name: gather_rows(get(), ctx) for name, (get, _) in _generators(ctx.device).items()}
 
 
 def _restore_rng(rng: dict[str, torch.Tensor], ctx: DistContext) -> None:
-    states = rng.get("torch")
-    if states is None or states.shape[0] != ctx.world:
-        logger.warning(
-            "the checkpoint holds RNG states for %s rank(s), this run has %d: the model's random draws restart "
-            "from the seed (the run is no longer identical to an uninterrupted one)",
-            None if states is None else states.shape[0],
-            ctx.world,
-        )
-        return
-    torch.set_rng_state(states[ctx.rank].clone())
-    if ctx.device.type == "cuda" and "cuda" in rng and rng["cuda"].shape[0] == ctx.world:
-        torch.cuda.set_rng_state(rng["cuda"][ctx.rank].clone(), ctx.device)
+    for name, (_, put) in _generators(ctx.device).items():
+        states = rng.get(name)
+        if states is None or states.shape[0] != ctx.world:
+            logger.warning(
+                "the checkpoint holds %s RNG states for %s rank(s), this run has %d: those random draws restart "
+                "from the seed (the run is no longer identical to an uninterrupted one)",
+                name,
+                None if states is None else states.shape[0],
+                ctx.world,
+            )
+            continue
+        put(states[ctx.rank].clone())
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    return Batch(
+def batch_to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with its tensors on ``device`` (the same tensors when already there, as on CPU); the
+    copies from the loader's pinned memory (pinned when training on CUDA) do not block."""
+    return replace(
+        batch,
         images=batch.images.to(device, non_blocking=True),
         input_ids=batch.input_ids.to(device, non_blocking=True),
         attention_mask=batch.attention_mask.to(device, non_blocking=True),
-        num_labels=batch.num_labels,
-        skipped=batch.skipped,
     )
 
 
@@ -419,7 +426,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
             epoch = step // steps_per_epoch
             for reason, key, source, detail in batch.skipped:
                 skips.add(reason, key, source, detail)
-            batch = _to_device(batch, ctx.device)
+            batch = batch_to_device(batch, ctx.device)
             out_loss = parallel(batch)
             loss_value = float(out_loss.total.detach())
             if not all_true(math.isfinite(loss_value), ctx):
