@@ -114,16 +114,20 @@ def _flip_a_bit(path):
 @pytest.mark.parametrize(
     ("damage", "file"), [(_truncate, "state.pt"), (_flip_a_bit, "weights.safetensors")], ids=["truncated", "bit-flip"]
 )
-def test_damaged_newest_checkpoint_is_skipped_with_a_warning_and_the_run_resumes_from_the_intact_one(
+def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning_and_removes_partial_ones(
     world, full_run, tmp_path, caplog, damage, file
 ):
     out = tmp_path / "copy"
     _copy_run(full_run.out_dir, out)
     damage(out / "checkpoints" / "step-00000005" / file)
+    partial = out / "checkpoints" / ".step-00000006.x1y2"  # a save cut short by kill -9
+    partial.mkdir()
+    (partial / "weights.safetensors").write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="cocu.train.checkpoint"):
         result = train(_cfg(world, out))
     assert result.finished and result.steps_this_run == 1  # step 5 again, from step 4
     assert f"skipping damaged checkpoint {out}/checkpoints/step-00000005: {file}" in caplog.text
+    assert not partial.exists()
     expected, got = _weights(full_run.out_dir), _weights(out)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name

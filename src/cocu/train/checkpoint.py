@@ -118,6 +118,19 @@ def latest_intact_checkpoint(root: str | Path) -> Path | None:
     return None
 
 
+def remove_partial_checkpoints(root: str | Path) -> int:
+    """Remove the temporary folders that a run killed while saving left under ``root``; returns how many.
+    Call it only while holding the run folder's lock (another run's save may be in flight otherwise)."""
+    folder = Path(root)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(".step-")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("removed the partial checkpoint %s (a run stopped while saving it)", path)
+    return len(stale)
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,

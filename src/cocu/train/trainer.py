@@ -57,6 +57,7 @@ from cocu.train.checkpoint import (
     latest_checkpoint,
     latest_intact_checkpoint,
     load_checkpoint,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from cocu.train.config import TrainConfig, changed_keys, config_from_dict, save_config
@@ -359,6 +360,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
         torch.set_num_threads(cfg.train.threads)
 
     def pick_checkpoint() -> Path | None:
+        remove_partial_checkpoints(out / CHECKPOINT_DIR)  # safe: this run holds the folder's lock
         found = _resolve_checkpoint(cfg, out)
         if found is not None:
             _check_same_config(cfg, out)
