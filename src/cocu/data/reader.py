@@ -15,6 +15,13 @@ Sources (see :func:`resolve_sources`):
   ``image`` is a path relative to the captions file's folder (absolute paths are used as they are). The
   sample key is ``key`` when given, else the ``image`` path without its suffix. Any other columns
   become ``Sample.meta`` (``None`` when there are none).
+  A ``.parquet`` file may instead hold the image bytes: img2dataset's parquet output (a binary column
+  named after the image format, e.g. ``jpg``; a row without bytes, such as a failed download, is
+  ``missing_image``) or a Hugging Face parquet export of a webdataset set (``jpg`` as an image struct with
+  ``bytes``, caption ``txt``, key ``__key__``).
+- **img2dataset ``files`` output**: a directory without tars whose sub-folders (or itself) hold
+  ``{key}.jpg`` + ``{key}.txt`` + ``{key}.json`` files; each folder is one source, grouped like a tar.
+  Only regular files are opened (anything else is ``unexpected_member``). Training reads tars only.
 
 Every sample or member that cannot be used is skipped and counted in a :class:`SkipCounter` with a reason
 from :mod:`cocu.data.skips` (one warning line each); a damaged tar or captions file costs the rest of that
