@@ -23,8 +23,9 @@ from cocu.train.data import (
     make_augment,
     make_loader,
     prepare_data,
+    sample_generators,
 )
-from cocu.train.shards import build_shard_index, load_or_build_index
+from cocu.train.shards import build_shard_index, hash_keys, load_or_build_index
 from cocu.text.tokenizer import byte_level_tokenizer
 from test_train_world import default_archive, jpeg, make_world, sample, write_shards, write_vocab
 
@@ -238,3 +239,10 @@ def test_captions_files_are_refused_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="tar shards"):
         build_shard_index(str(tmp_path / "caps.csv"), progress=False)
     assert os.path.exists(tmp_path / "caps.csv")
+
+
+def test_key_hashes_and_sample_seeds_are_the_same_numbers_on_numpy_1_and_2():
+    assert hash_keys(["a", "s0001", ""]).tolist() == [9933592630516302547, 13980310648414836930, 0]
+    aug, text = sample_generators(3, 1, 7)
+    assert aug.initial_seed() == 7207880164961408499
+    assert int(text.integers(1 << 30)) == 363158860
