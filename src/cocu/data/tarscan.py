@@ -298,9 +298,8 @@ def _group(path: str, buf: mmap.mmap, skips: SkipCounter, load: frozenset[str]) 
 def finish_sample(sample: TarSample, skips: SkipCounter) -> TarSample:
     """Count the second members of a kind (the first in preference order is the one used)."""
     members = sample.members
-    if len(members) > 2 or not (len(members) == 2 and _KIND.get(next(iter(members))) != _KIND.get(
-        next(reversed(members.keys()))
-    )):
+    kinds = [_KIND[ext] for ext in members if ext in _KIND]
+    if len(kinds) != len(set(kinds)):
         for kind in (IMAGE_EXTS, CAPTION_EXTS):
             present = [ext for ext in kind if ext in members]
             for ext in present[1:]:
