@@ -176,3 +176,16 @@ def test_captions_file_naming_a_fifo_skips_it_as_missing_image(tmp_path):
     assert not reading.is_alive(), "reading a FIFO named by a captions file hangs"
     assert found == ["good"]
     assert skips.counts == {R.MISSING_IMAGE: 1}
+
+
+def test_shards_are_read_without_mmap_where_the_file_system_has_none(tmp_path, monkeypatch):
+    import mmap
+
+    (tmp_path / "m.tar").write_bytes(_tar_bytes(_good("m1") + _good("m2")))
+
+    def no_mmap(*args, **kwargs):
+        raise OSError("mmap not supported")
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    reader_keys, reader_counts, index_keys, index_counts = _both(str(tmp_path / "m.tar"))
+    assert reader_keys == index_keys == ["m1", "m2"] and reader_counts == index_counts == {}

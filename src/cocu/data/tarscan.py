@@ -258,13 +258,18 @@ def scan_tar(path: str, skips: SkipCounter, load: frozenset[str] = USED_EXTS) ->
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 raise OSError("the file is empty")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system without mmap: read the file instead
+                yield from _group(path, handle.read(), skips, load)
+                return
+            with mapped as buf:
                 yield from _group(path, buf, skips, load)
     except OSError as exc:
         skips.add(reasons.CORRUPT_SHARD, "", path, f"{type(exc).__name__}: {exc}")
 
 
-def _group(path: str, buf: mmap.mmap, skips: SkipCounter, load: frozenset[str]) -> Iterator[TarSample]:
+def _group(path: str, buf: bytes | mmap.mmap, skips: SkipCounter, load: frozenset[str]) -> Iterator[TarSample]:
     entries, damage = read_entries(buf)
     current: TarSample | None = None
     for name, type_flag, offset, size in entries:
