@@ -193,7 +193,12 @@ def measure(root: Path, out: Path, workers: int) -> dict:
     sampler.join()
     if rc != 0 or report is None or seconds is None:
         raise SystemExit(f"the training process failed (exit {rc})")
-    return {"first_batch_s": seconds, "peak_anon_mib": peak["main"] / 1024, "peak_anon_tree_mib": peak["tree"] / 1024, **report}
+    return {
+        "first_batch_s": seconds,
+        "peak_anon_mib": peak["main"] / 1024,
+        "peak_anon_tree_mib": peak["tree"] / 1024,
+        **report,
+    }
 
 
 def _label(n: int) -> str:
@@ -219,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             root = base / f"n{n}"
             t = time.perf_counter()
             write_world(root, n, args.per_shard)
-            print(f"N={n}: wrote {-(-n // args.per_shard)} shards and the archive in {time.perf_counter() - t:.1f} s", flush=True)
+            shards = -(-n // args.per_shard)
+            print(f"N={n}: wrote {shards} shards and the archive in {time.perf_counter() - t:.1f} s", flush=True)
             cold = measure(root, root / "out", args.workers)
             warm = measure(root, root / "out", args.workers)
             label = _label(n)

@@ -80,7 +80,9 @@ def test_hugging_face_parquet_export_with_image_structs_is_read(tmp_path):
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table(
         {
-            "jpg": pa.array([{"bytes": _image("JPEG"), "path": None}, {"bytes": _image("PNG"), "path": None}], image_type),
+            "jpg": pa.array(
+                [{"bytes": _image("JPEG"), "path": None}, {"bytes": _image("PNG"), "path": None}], image_type
+            ),
             "txt": ["first caption", "second caption"],
             "__key__": ["cc3m/0001", "cc3m/0002"],
             "__url__": ["shard-0.tar", "shard-0.tar"],

@@ -130,7 +130,9 @@ def test_parallel_index_equals_the_serial_index(tmp_path):
     assert serial.skipped == parallel.skipped == {R.DUPLICATE_KEY: 5}
 
 
-@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT], ids=["pax", "gnu", "ustar"])
+@pytest.mark.parametrize(
+    "fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT], ids=["pax", "gnu", "ustar"]
+)
 def test_long_member_names_of_every_tar_format_are_read(tmp_path, fmt):
     key = "deep/" * 12 + "0001" if fmt != tarfile.USTAR_FORMAT else "d/" * 60 + "0001"  # > 100 characters
     raw = _tar_bytes(_good(key, "long name"), fmt=fmt)

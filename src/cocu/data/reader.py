@@ -233,7 +233,7 @@ def _captions_rows(path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]
         parquet = pq.ParquetFile(path)
         roles = _parquet_roles(path, parquet.schema_arrow)
         image_type = parquet.schema_arrow.field(next(c for c, r in roles.items() if r == "image")).type
-        inline = pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type) or pa.types.is_struct(image_type)
+        inline = any(check(image_type) for check in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_struct))
         row_number = 0
         for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():

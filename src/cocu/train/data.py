@@ -3,13 +3,16 @@
 Reproducibility and resumption. Everything random about a batch is a pure function of the run seed and
 the global step, whatever the number of worker processes and wherever a run was stopped:
 
-- samples are addressed through a :class:`~cocu.train.shards.ShardIndex` (map-style, random access);
+- samples are addressed through a :class:`~cocu.train.shards.ShardIndex` (map-style, random access; built
+  once by parallel header scans and cached in the output folder, with the memory-mapped archive join of
+  :mod:`cocu.train.archive_join` the loader's only per-sample state: a few dozen bytes per sample);
 - epoch ``e`` visits the samples in ``permutation(seed, e)``; global step ``s`` is epoch
   ``s // steps_per_epoch`` and takes the next ``batch_size`` entries of that permutation (the tail that
   does not fill a batch is dropped); data-parallel rank ``r`` of ``R`` takes the ``r``-th of ``R`` equal
   slices of it;
-- dataset sample ``i`` drawn in epoch ``e`` gets its own generators seeded from ``(seed, e, i)``: a ``torch.Generator`` for the image augmentation and a numpy ``Generator`` for the
-  concept sampling and template choice.
+- dataset sample ``i`` drawn in epoch ``e`` gets its own generators seeded from ``(seed, e, i)``: a
+  ``torch.Generator`` for the image augmentation and a numpy ``Generator`` for the concept sampling and
+  template choice.
 
 A resumed run therefore builds its sampler at the checkpoint's step and continues with exactly the
 batches an uninterrupted run would have seen. A DataLoader gets its own generator, so it does not draw
