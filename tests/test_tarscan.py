@@ -157,7 +157,7 @@ def test_webp_images_in_tars_are_read(tmp_path):
 
 
 def test_caption_of_only_nul_bytes_is_empty(tmp_path):
-    (tmp_path / "n.tar").write_bytes(_tar_bytes(_good("n", "\x00\x00") + _good("k", "kept\x00 ok")))
+    (tmp_path / "n.tar").write_bytes(_tar_bytes(_good("n", "\x00 \x00 \x00") + _good("k", "kept\x00 ok")))
     reader_keys, reader_counts, index_keys, index_counts = _both(str(tmp_path / "n.tar"))
     assert reader_keys == index_keys == ["k"]
     assert reader_counts == index_counts == {R.EMPTY_CAPTION: 1}

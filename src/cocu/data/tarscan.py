@@ -336,7 +336,7 @@ def sample_problem(has_image: bool, caption: bytes | str | None, image_problem: 
     text = caption_text(caption)
     if text is None:
         return reasons.CAPTION_NOT_UTF8, ""
-    if not text.strip("\0").strip():
+    if not text.replace("\0", "").strip():
         return reasons.EMPTY_CAPTION, ""
     return None
 

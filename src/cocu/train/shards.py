@@ -271,14 +271,13 @@ def _scan_shard(path: str) -> _ShardScan:
         img, cap = sample.image, sample.caption
         image.append((img.offset, img.size) if img is not None else (-1, 0))
         meta.append((-1, 0))
-        text = caption_text(cap.data) if cap is not None and cap.data is not None else None
-        if text is None or not text.strip("\0").strip() or img is None:
-            problem = sample_problem(img is not None, cap.data if cap is not None else None)
-            assert problem is not None
+        problem = sample_problem(img is not None, cap.data if cap is not None else None)
+        if problem is not None:
             problems[g] = problem
             captions.append("")
             continue
-        captions.append(text)
+        assert cap is not None and cap.data is not None
+        captions.append(caption_text(cap.data) or "")
         if META_EXT in members or CURATED_EXT in members:
             for ext in (META_EXT, CURATED_EXT):
                 member = members.get(ext)
