@@ -93,6 +93,8 @@ def test_index_cache_is_reused_and_rebuilt_when_a_shard_changes(tmp_path):
     stamp = cache.stat().st_mtime_ns
     again, _ = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
     assert cache.stat().st_mtime_ns == stamp and again.keys.to_list() == first.keys.to_list()
+    assert isinstance(again.captions.blob, np.memmap) and isinstance(again.image_offset, np.memmap)  # file-backed
+    assert again.image_bytes(2) == first.image_bytes(2)
     write_shards(tmp_path / "s", 3, per_shard=5, start=10)
     rebuilt, _ = load_or_build_index(str(tmp_path / "s"), cache, progress=False)
     assert rebuilt.keys.to_list() == ["s0010", "s0011", "s0012"]

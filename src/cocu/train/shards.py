@@ -16,8 +16,9 @@ reader alone also finds ``corrupt_image`` when it decodes). Duplicate keys are r
 parallel pass with the reader's rule: the first occurrence in shard order claims the key (even when it is
 unusable itself), later ones are ``duplicate_key``.
 
-The index can be saved as an ``.npz`` (plain arrays, no pickle) and is reused when the shard list and every
-shard's size, modification time and first and last 64 KiB are unchanged.
+The index can be saved as an uncompressed ``.npz`` (plain arrays, no pickle); a saved index is memory-mapped
+(file-backed pages shared by every rank and loader worker, not anonymous memory) and reused when the shard
+list and every shard's size, modification time and first and last 64 KiB are unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import json
 import logging
 import multiprocessing
 import os
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -177,23 +180,56 @@ class ShardIndex:
     def load(cls, path: str | Path, fingerprint: str) -> ShardIndex | None:
         """The saved index, or ``None`` if it is missing, unreadable or was built for other shards."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if int(data["version"]) != INDEX_VERSION or str(data["fingerprint"]) != fingerprint:
-                    return None
-                return cls(
-                    shards=[str(s) for s in data["shards"]],
-                    keys=PackedStrings(data["keys_blob"], data["keys_offsets"]),
-                    captions=PackedStrings(data["captions_blob"], data["captions_offsets"]),
-                    key_hash=data["key_hash"],
-                    shard_id=data["shard_id"],
-                    image_offset=data["image_offset"],
-                    image_size=data["image_size"],
-                    json_offset=data["json_offset"],
-                    json_size=data["json_size"],
-                    skipped=json.loads(str(data["skipped"])),
-                )
-        except (OSError, KeyError, ValueError, json.JSONDecodeError):
+            data = mapped_npz(path)
+            if int(data["version"]) != INDEX_VERSION or str(data["fingerprint"]) != fingerprint:
+                return None
+            return cls(
+                shards=[str(s) for s in data["shards"]],
+                keys=PackedStrings(data["keys_blob"], data["keys_offsets"]),
+                captions=PackedStrings(data["captions_blob"], data["captions_offsets"]),
+                key_hash=data["key_hash"],
+                shard_id=data["shard_id"],
+                image_offset=data["image_offset"],
+                image_size=data["image_size"],
+                json_offset=data["json_offset"],
+                json_size=data["json_size"],
+                skipped=json.loads(str(data["skipped"])),
+            )
+        except (OSError, KeyError, ValueError, json.JSONDecodeError, zipfile.BadZipFile, struct.error):
             return None
+
+
+def mapped_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed ``.npz`` (as ``np.savez`` writes), memory-mapped read-only instead of
+    read into memory, so that every process shares their pages (0-d and empty arrays are read)."""
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"{path}: {info.filename} is not a stored .npy member")
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{path}: damaged zip member {info.filename}")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            handle.seek(info.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f"{path}: unsupported .npy version {version} in {info.filename}")
+            if dtype.hasobject:
+                raise ValueError(f"{path}: {info.filename} holds Python objects")
+            name = info.filename[: -len(".npy")]
+            if len(shape) == 0 or 0 in shape:
+                count = int(np.prod(shape))
+                arrays[name] = np.fromfile(handle, dtype=dtype, count=count).reshape(shape)
+            else:
+                order = "F" if fortran else "C"
+                arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape, order=order)
+    return arrays
 
 
 _FDS: dict[tuple[int, str], int] = {}
@@ -446,4 +482,6 @@ def load_or_build_index(
     index = build_shard_index(shards, skips=skips, progress=progress, workers=workers)
     if cache is not None:
         index.save(cache, fingerprint)
+        mapped = ShardIndex.load(cache, fingerprint)  # file-backed pages instead of the built arrays
+        index = mapped if mapped is not None else index
     return index, fingerprint
