@@ -8,7 +8,7 @@ published transformers checkpoint (``nvidia/groupvit-gcc-yfcc``). Text goes thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -48,16 +48,24 @@ class CropEncoding:
 
 
 class ZeroShotModel:
-    """A GroupViT or CLIP in eval mode with its tokenizer and normalisation, on one device."""
+    """A GroupViT or CLIP in eval mode with its tokenizer and normalisation, on one device.
 
-    def __init__(self, bundle: ModelBundle, device: str | torch.device | None = None) -> None:
+    ``mean``/``std`` replace the bundle's own image normalisation (segmentation and classification)."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: str | torch.device | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.model = bundle.model.to(self.device).eval()
         self.tokenizer = bundle.tokenizer
         self.family = bundle.family
-        self.mean = tuple(bundle.preprocess.mean)
-        self.std = tuple(bundle.preprocess.std)
-        self.preprocess = bundle.preprocess
+        self.mean = tuple(bundle.preprocess.mean if mean is None else mean)
+        self.std = tuple(bundle.preprocess.std if std is None else std)
+        self.preprocess = replace(bundle.preprocess, mean=self.mean, std=self.std)
         vision = self.model.config.vision_config
         self.image_size = int(vision.image_size)
         self.patch_size = int(vision.patch_size)
