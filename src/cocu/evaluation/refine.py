@@ -60,10 +60,10 @@ def affinity_weights(
     count = len(offsets) + 1
     mean = total / count
     sigma = (total_sq / count - mean * mean).clamp_min(0).sqrt()  # [C,H,W]
-    denom = eps + scale * sigma
-    logits = torch.stack(
-        [(-(_shift(padded, pad, dy, dx, h, w) - img).abs() / denom).mean(dim=0) for dy, dx in offsets]
-    )  # [N,H,W]
+    inv = (eps + scale * sigma).reciprocal_().div_(-img.shape[0])  # [C,H,W] -1 / (C * denominator)
+    logits = torch.empty(len(offsets), h, w, dtype=img.dtype, device=img.device)  # [N,H,W]
+    for n, (dy, dx) in enumerate(offsets):
+        torch.sum(torch.sub(_shift(padded, pad, dy, dx, h, w), img).abs_().mul_(inv), dim=0, out=logits[n])
     return logits.softmax(dim=0)
 
 
@@ -81,7 +81,7 @@ def propagate(
         padded = F.pad(out[None], (pad, pad, pad, pad), mode="replicate")[0]  # [K,H+2p,W+2p]
         nxt = torch.zeros_like(out)
         for n, (dy, dx) in enumerate(offsets):
-            nxt += weights[n] * _shift(padded, pad, dy, dx, h, w)
+            nxt.addcmul_(weights[n], _shift(padded, pad, dy, dx, h, w))
         out = nxt
     return out.to(scores.dtype)
 
