@@ -165,6 +165,15 @@ def _layout_root(spec: BenchmarkSpec, root: Path) -> Path:
     )
 
 
+def benchmark_present(spec: BenchmarkSpec, root: str | Path) -> bool:
+    """Whether the benchmark's layout (its label folder) is under ``root``, as :func:`open_dataset` looks."""
+    try:
+        _layout_root(spec, Path(root))
+    except BenchmarkNotFoundError:
+        return False
+    return True
+
+
 def _find_image(folder: Path, stem: str, preferred: str) -> Path | None:
     for ext in (preferred, *IMAGE_EXTS):
         candidate = folder / f"{stem}{ext}"
