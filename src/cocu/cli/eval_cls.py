@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         names = read_classnames_file(args.classnames) if args.classnames else None
         folder = open_image_folder(args.root, names)
         if args.out:
-            check_not_input(args.out, input_dirs=[args.root, args.model])
+            check_not_input(args.out, input_dirs=[args.root])
             check_overwrite(args.out, args.force)
         zs, norm = load_zero_shot(args.model, args.device, args.normalize, args.image_mean, args.image_std)
         print(f"image normalisation: {norm.note}")

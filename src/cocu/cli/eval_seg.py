@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         skips = SkipCounter()
         dataset = open_dataset(spec, args.root, skips)
         if args.out:
-            check_not_input(args.out, input_dirs=[dataset.root, args.model])
+            check_not_input(args.out, input_dirs=[dataset.root])
             check_overwrite(args.out, args.force)
         zs = load_model(args)
         proto = spec.protocol(

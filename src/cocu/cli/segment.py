@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         labels = parse_labels(args.labels)
         for path in (out, labels_path):
-            check_not_input(path, input_files=[args.image], input_dirs=[args.model])
+            check_not_input(path, input_files=[args.image])
             check_overwrite(path, args.force)
         image = read_image(args.image, args.max_pixels)
         zs = load_model(args)
