@@ -43,25 +43,27 @@ if [ ! -d "$data_root" ]; then
   echo "reproduce_groupvit.sh: DATA_ROOT $data_root is not a folder" >&2
   exit 2
 fi
-# one quick call: check the reference name and list the benchmarks present under DATA_ROOT
-present=$("$PYTHON" -c 'import sys; from cocu.evaluation.published import published_miou, present_benchmarks
-published_miou(sys.argv[1], "voc"); print(" ".join(present_benchmarks(sys.argv[2])))' "$reference" "$data_root") || exit 2
+# one quick call: check the reference name, list every benchmark with "present" or "missing" under DATA_ROOT
+listing=$("$PYTHON" -c 'import sys; from cocu.evaluation.published import SEGMENTATION_BENCHMARKS as all_, published_miou, present_benchmarks
+published_miou(sys.argv[1], "voc"); found = present_benchmarks(sys.argv[2])
+print("\n".join(b + (" present" if b in found else " missing") for b in all_))' "$reference" "$data_root") || exit 2
 if [ -z "$out" ]; then
   out=$(mktemp -d "${TMPDIR:-/tmp}/reproduce_groupvit.XXXXXX")
 fi
 mkdir -p "$out"
 
 failed=0
-for bench in voc context coco-object imagenet-s50 imagenet-s300 cityscapes ade20k coco-stuff; do
+while read -r bench state; do
   rm -f "$out/$bench.missing" "$out/$bench.failed"
-  case " $present " in
-    *" $bench "*) ;;
-    *) rm -f "$out/$bench.json"; : > "$out/$bench.missing"; continue ;;
-  esac
+  if [ "$state" = missing ]; then
+    rm -f "$out/$bench.json"
+    : > "$out/$bench.missing"
+    continue
+  fi
   echo "$bench ..." >&2
   set +e
   "$PYTHON" -m cocu eval-seg --model "$model" --dataset "$bench" --root "$data_root" --out "$out/$bench.json" \
-    --normalize imagenet --no-progress ${extra[@]+"${extra[@]}"} > "$out/$bench.log" 2>&1
+    --normalize imagenet --no-progress ${extra[@]+"${extra[@]}"} < /dev/null > "$out/$bench.log" 2>&1
   rc=$?
   set -e
   case $rc in
@@ -71,7 +73,7 @@ for bench in voc context coco-object imagenet-s50 imagenet-s300 cityscapes ade20
        [ -s "$out/$bench.failed" ] || echo "cocu eval-seg exited with status $rc (see $out/$bench.log)" > "$out/$bench.failed"
        failed=1 ;;
   esac
-done
+done <<< "$listing"
 
 "$PYTHON" -c 'import sys; from cocu.evaluation.published import comparison_from_folder; print(comparison_from_folder(*sys.argv[1:]))' \
   "$out" "$reference"
