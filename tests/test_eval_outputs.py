@@ -120,3 +120,12 @@ def test_segment_on_a_huge_image_is_a_clear_error_naming_the_limit(tiny_model_di
     assert main(["segment", str(small), "--model", str(tiny_model_dir), "--labels", "sky", "--max-pixels", "1000",
                  "--out", str(tmp_path / "s.png")]) == 2
     assert "2,000 pixels, above the limit of 1,000" in capsys.readouterr().err
+
+
+def test_eval_seg_counts_an_image_above_the_pixel_limit_as_a_skip(tiny_model_dir, tmp_path):  # noqa: F811
+    make_voc(tmp_path)
+    _png_header_only(tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2007_000001.jpg", 20000, 20000)
+    out = tmp_path / "s.json"
+    assert main([*_voc_argv(tiny_model_dir, tmp_path), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 1 and result["skipped"] == {"corrupt_image": 1, "total": 1}

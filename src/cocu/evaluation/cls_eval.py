@@ -134,7 +134,7 @@ def _load(path: Path, skips: SkipCounter) -> Image.Image | None:
         with Image.open(path) as img:
             img.load()
             return exif_to_rgb(img)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         skips.add(CORRUPT_IMAGE, path.name, str(path), str(err))
         return None
 

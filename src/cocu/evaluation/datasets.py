@@ -91,7 +91,7 @@ def read_label(path: Path, decoding: str, num_classes: int) -> np.ndarray:
         with Image.open(path) as img:
             mode = img.mode
             raw = np.asarray(img)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: unreadable label file ({err})") from err
     if decoding != "imagenet_s_rgb" and mode in ("RGB", "RGBA"):
         raise ValueError(
@@ -291,9 +291,10 @@ def open_dataset(spec: BenchmarkSpec, root: str | Path, skips: SkipCounter | Non
 
 
 def load_item_image(item: SegItem, skips: SkipCounter) -> Image.Image | None:
-    """The item's RGB image, or None (counted as ``corrupt_image``) when it cannot be decoded."""
+    """The item's RGB image, or None (counted as ``corrupt_image``) when it cannot be decoded or is above
+    PIL's decompression-bomb limit."""
     try:
         return load_image(item.image)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         skips.add(CORRUPT_IMAGE, item.name, str(item.image), str(err))
         return None
