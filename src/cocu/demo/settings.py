@@ -172,7 +172,8 @@ def full_settings(out: str | Path) -> DemoSettings:
 
 
 def quick_settings(out: str | Path) -> DemoSettings:
-    """A smoke run of every stage: a tiny world, tiny budgets, baseline + CoCu + oracle trained."""
+    """A smoke run of every stage: a tiny world, tiny budgets, baseline + CoCu + oracle trained at budgets
+    1x and 2x, and one extra (weaker) teacher for the teacher-strength ablation."""
     return DemoSettings(
         out=Path(out),
         quick=True,
@@ -182,6 +183,8 @@ def quick_settings(out: str | Path) -> DemoSettings:
         train_rows=tuple(r.name for r in ROWS if r.headline),
         gallery=4,
         overlays=2,
+        budgets=(1, 2),
+        teacher_steps=(10,),
     )
 
 
