@@ -141,7 +141,8 @@ def test_concept_rates_count_caption_mentions_and_archive_hits_among_images_hold
     archive = {k: ArchiveRow(k, "", [], [], concepts, [1.0] * len(concepts), [0] * len(concepts))
                for k, concepts in (("a", ["sky", "dog"]), ("b", ["dog"]))}  # no row for "c": a miss
     rates = concept_rates(samples, archive, _Vocab(), ["sky", "dog", "grass"])
-    assert rates["sky"] == {"images": 3, "caption_mention_rate": pytest.approx(1 / 3), "archive_recall": pytest.approx(1 / 3)}
+    third = pytest.approx(1 / 3)
+    assert rates["sky"] == {"images": 3, "caption_mention_rate": third, "archive_recall": third}
     assert rates["dog"] == {"images": 2, "caption_mention_rate": 1.0, "archive_recall": 1.0}
     assert rates["grass"] == {"images": 0, "caption_mention_rate": None, "archive_recall": None}
     entries = per_concept(rates, {"sky": "stuff"}, {"baseline": {0: {"sky": 0.1}, 1: {"sky": 0.3}},

@@ -162,6 +162,7 @@ def test_eval_seg_refuses_a_dense_method_on_a_groupvit_folder(tmp_path, capsys):
     tokenizer = byte_level_tokenizer()
     folder = save_bundle(build_groupvit("groupvit-tiny", tokenizer, seed=0), tokenizer, tmp_path / "gv", image_size=64)
     _voc(tmp_path / "voc")
-    argv = ["eval-seg", "--model", str(folder), "--method", "sclip", "--dataset", "voc", "--root", str(tmp_path / "voc")]
+    argv = ["eval-seg", "--model", str(folder), "--method", "sclip", "--dataset", "voc"]
+    argv += ["--root", str(tmp_path / "voc")]
     assert main(argv) == 2
     assert "reads a CLIP densely" in capsys.readouterr().err
