@@ -6,11 +6,11 @@ transformer block, everything before it runs as trained:
 - ``maskclip`` (Zhou et al., ECCV 2022): no query-key attention at all. Each patch token's value
   embedding goes through the attention output projection, then the post-layernorm and the visual
   projection, as the class token would be.
-- ``sclip`` (Wang et al., 2023): correlative self-attention. The attention weights are
+- ``sclip`` (Wang et al., ECCV 2024): correlative self-attention. The attention weights are
   ``softmax(q q^T) + softmax(k k^T)`` (each patch attends to patches similar to itself) instead of
   ``softmax(q k^T)``; the attention output is added to the residual stream, the feed-forward network
   of the last block is skipped.
-- ``naclip`` (Hajimiri et al., 2025): neighbourhood attention. Key-key similarity plus a Gaussian
+- ``naclip`` (Hajimiri et al., WACV 2025): neighbourhood attention. Key-key similarity plus a Gaussian
   spatial prior on the patch grid (``-d^2 / (2 sigma^2)`` added to the logits, ``sigma`` = 5 patches),
   and neither the residual connection nor the feed-forward network of the last block.
 
