@@ -8,10 +8,9 @@ import sys
 from cocu.data.skips import SkipCounter
 from cocu.evaluation.benchmarks import TEMPLATE_SETS, benchmark_names, get_benchmark, prompt_templates
 from cocu.evaluation.datasets import open_dataset
-from cocu.evaluation.encoders import ZeroShotModel
+from cocu.evaluation.dense_clip import SEG_METHODS, default_crop, load_seg_model
 from cocu.evaluation.seg_eval import SegEvalOptions, evaluate_segmentation
 from cocu.cli._args import positive_int
-from cocu.models.bundle import load_bundle
 from cocu.utils.atomic import atomic_write_json
 
 
@@ -23,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "layout (see docs/benchmarks.md). Protocol defaults per benchmark; each can be overridden.",
     )
     p.add_argument("--model", required=True, help="GroupViT model folder (ours or a transformers checkpoint)")
+    p.add_argument(
+        "--method",
+        choices=SEG_METHODS,
+        default="groupvit",
+        help="groupvit (default), or a training-free dense read of a CLIP folder (crop default: its input size)",
+    )
     p.add_argument("--dataset", required=True, choices=benchmark_names(), help="benchmark name")
     p.add_argument("--root", required=True, help="data set root (its standard layout, or a folder above it)")
     p.add_argument("--save-predictions", metavar="DIR", help="write each predicted label map as DIR/<image>.png")
@@ -55,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
         spec = get_benchmark(args.dataset)
         skips = SkipCounter()
         dataset = open_dataset(spec, args.root, skips)
-        zs = ZeroShotModel(load_bundle(args.model), args.device)
+        zs = load_seg_model(args.model, args.method, args.device)
         proto = spec.protocol(
             zs.image_size,
             short_side=args.short_side,
             max_long_side=args.max_long_side,
-            crop=args.crop,
+            crop=default_crop(zs, args.crop),
             stride=args.stride,
             bg_thresh=args.bg_thresh,
             batch_size=args.batch_size,
@@ -78,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(result.format())
     if args.out:
-        atomic_write_json(args.out, {"model": str(args.model), **result.to_json()})
+        atomic_write_json(args.out, {"model": str(args.model), "method": args.method, **result.to_json()})
         print(f"wrote {args.out}")
     return 0

@@ -10,12 +10,11 @@ from PIL import Image, UnidentifiedImageError
 
 from cocu.data.transforms import exif_to_rgb
 from cocu.evaluation.benchmarks import TEMPLATE_SETS, prompt_templates
-from cocu.evaluation.encoders import ZeroShotModel
+from cocu.evaluation.dense_clip import SEG_METHODS, default_crop, load_seg_model
 from cocu.evaluation.overlay import render_overlay
 from cocu.evaluation.seg_eval import save_label_map
 from cocu.evaluation.segmenter import segment_with_labels, user_protocol
 from cocu.cli._args import positive_int
-from cocu.models.bundle import load_bundle
 from cocu.utils.atomic import atomic_path
 
 
@@ -37,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", help="input image (any size and mode)")
     p.add_argument("--model", required=True, help="GroupViT model folder")
+    p.add_argument(
+        "--method",
+        choices=SEG_METHODS,
+        default="groupvit",
+        help="groupvit (default), or a training-free dense read of a CLIP folder (crop default: its input size)",
+    )
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "sky,grass,dog"')
     p.add_argument("--out", help="overlay PNG to write (default: <image stem>_overlay.png here)")
     p.add_argument("--bg-thresh", type=float, help="pixels whose best score is below this become background")
@@ -59,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
                 image = exif_to_rgb(img)
         except (OSError, UnidentifiedImageError) as err:
             raise ValueError(f"{args.image}: cannot read image ({err})") from err
-        zs = ZeroShotModel(load_bundle(args.model), args.device)
-        proto = user_protocol(zs.image_size, args.short_side, args.crop, args.stride, args.bg_thresh)
+        zs = load_seg_model(args.model, args.method, args.device)
+        proto = user_protocol(zs.image_size, args.short_side, default_crop(zs, args.crop), args.stride, args.bg_thresh)
         label_map = segment_with_labels(zs, image, labels, proto, list(prompt_templates(args.templates)))
     except (FileNotFoundError, ValueError) as err:
         print(f"cocu segment: error: {err}", file=sys.stderr)
