@@ -391,22 +391,21 @@ def embed_dataset(
     writer = _PartWriter(out, rows_per_part, DTYPES[dtype], set(finished))
     dataset = SampleBatches(data_spec, encoder.preprocess, batch_size, done)
     kept = new = 0
-    progress = tqdm(desc=f"embed {out.name}", unit="sample", dynamic_ncols=True)
-    for unit in batch_loader(dataset, workers, pin_memory=encoder.device.type == "cuda"):
-        if unit["mismatches"]:
-            raise _mismatch_error(out, unit["mismatches"][0])
-        for record in unit["records"]:
-            recorder.add(record["reason"], record["key"], record["source"], record["detail"])
-        rows = unit["rows"]
-        if rows:
-            image_emb = encoder.encode_pixels(unit["pixels"])  # [b,d]
-            text_emb = encoder.encode_texts([r["caption"] for r in rows])  # [b,d]
-            writer.add(image_emb, text_emb, rows)
-        kept += unit["kept"]
-        new += len(rows)
-        progress.update(unit["kept"] + len(rows) + len(unit["records"]))
-    writer.flush()
-    progress.close()
+    with tqdm(desc=f"embed {out.name}", unit="sample", dynamic_ncols=True) as progress:
+        for unit in batch_loader(dataset, workers, pin_memory=encoder.device.type == "cuda"):
+            if unit["mismatches"]:
+                raise _mismatch_error(out, unit["mismatches"][0])
+            for record in unit["records"]:
+                recorder.add(record["reason"], record["key"], record["source"], record["detail"])
+            rows = unit["rows"]
+            if rows:
+                image_emb = encoder.encode_pixels(unit["pixels"])  # [b,d]
+                text_emb = encoder.encode_texts([r["caption"] for r in rows])  # [b,d]
+                writer.add(image_emb, text_emb, rows)
+            kept += unit["kept"]
+            new += len(rows)
+            progress.update(unit["kept"] + len(rows) + len(unit["records"]))
+        writer.flush()
     if kept != len(done):
         logger.warning(
             "%d row(s) of the finished parts were not found in the data this time (the data changed?); "

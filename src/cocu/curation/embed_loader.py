@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -30,6 +31,7 @@ from cocu.data.transforms import Preprocess, exif_to_rgb
 logger = logging.getLogger(__name__)
 
 MAX_DEFAULT_WORKERS = 8
+_OBJECT_ADDRESS = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def default_workers() -> int:
@@ -94,7 +96,8 @@ class SampleBatches(IterableDataset):
                 img.load()
                 tensor = self.preprocess(exif_to_rgb(img))  # [3,S,S]
             except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, bombs)
-                records.add(reasons.CORRUPT_IMAGE, sample.key, sample.source, f"{type(exc).__name__}: {exc}")
+                detail = _OBJECT_ADDRESS.sub("the image bytes", f"{type(exc).__name__}: {exc}")  # same in every run
+                records.add(reasons.CORRUPT_IMAGE, sample.key, sample.source, detail)
                 continue
             pixels.append(tensor)
             rows.append({"key": sample.key, "caption": sample.caption, "true_concepts": _true_concepts(sample.meta)})
