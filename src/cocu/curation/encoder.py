@@ -223,6 +223,8 @@ def load_encoder(
     (:func:`resolve_device`), encoding at ``precision`` (:func:`resolve_precision`)."""
     dev = resolve_device(device)
     chosen = resolve_precision(precision, dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # pinned batches and kernels land on this rank's GPU, not GPU 0
     if spec.startswith(RANDOM_PREFIX):
         encoder = _random_clip(spec, dev)
     else:
