@@ -227,3 +227,19 @@ def test_default_workers_are_the_cores_minus_one_at_most_eight(monkeypatch):
         assert embed_loader.default_workers() == want
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks on one machine share its cores
     assert embed_loader.default_workers() == 7
+
+
+def test_curate_takes_device_precision_and_workers_as_runtime_options():
+    from cocu.cli import build_parser
+    from cocu.cli.curate import config_from_args
+    from cocu.curation.pipeline import CurateConfig
+
+    args = build_parser("curate").parse_args(
+        ["curate", "data", "--encoder", ENCODER, "--out", "run", "--device", "cpu", "--precision", "bf16", "--workers", "3"]
+    )
+    cfg = config_from_args(args, device=args.device, precision=args.precision, workers=args.workers)
+    assert (cfg.device, cfg.precision, cfg.workers) == ("cpu", "bf16", 3)
+    assert cfg.result_options() == CurateConfig().result_options()  # a rerun with other runtime options reuses the run
+    defaults = build_parser("curate").parse_args(["curate", "data", "--encoder", ENCODER, "--out", "run"])
+    assert defaults.device == "auto" and defaults.precision is None
+    assert defaults.workers == embed_loader.default_workers()
