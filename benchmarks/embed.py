@@ -95,7 +95,8 @@ def model_rate(encoder: FrozenClip, data: Path, captions: list[str], n: int, bat
 
 def loader_rate(encoder: FrozenClip, data: Path, n: int, batch_size: int, workers: int) -> float:
     start = time.perf_counter()
-    rows = sum(len(unit["rows"]) for unit in batch_loader(SampleBatches(data, encoder.preprocess, batch_size, {}), workers, False))
+    loader = batch_loader(SampleBatches(data, encoder.preprocess, batch_size, {}), workers, False)
+    rows = sum(len(unit["rows"]) for unit in loader)
     assert rows == n, (rows, n)
     return n / (time.perf_counter() - start)
 
@@ -135,13 +136,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="cocu-embed-bench-") as tmp:
         scratch = Path(tmp)
         tiny = measure("random:clip-tiny", args.tiny_samples, args.tiny_batch, args.workers, scratch)
-        b16 = measure("random:clip-vit-b16", args.b16_samples, args.b16_batch, args.workers, scratch) if args.b16_samples else {}
+        b16 = {}
+        if args.b16_samples:
+            b16 = measure("random:clip-vit-b16", args.b16_samples, args.b16_batch, args.workers, scratch)
     n = args.workers
     print(f"{'samples/s':<22}{'model':>10}{'loader 0w':>11}{f'loader {n}w':>11}{'pipe 0w':>10}{f'pipe {n}w':>10}")
     for name, rates in (("random:clip-tiny", tiny), ("random:clip-vit-b16", b16) if b16 else ("", {})):
         if not rates:
             continue
-        cells = [rates["model"], rates["loader_0w"], rates[f"loader_{n}w"], rates["pipeline_0w"], rates[f"pipeline_{n}w"]]
+        cells = [rates[k] for k in ("model", "loader_0w", f"loader_{n}w", "pipeline_0w", f"pipeline_{n}w")]
         print(f"{name:<22}" + "".join(f"{v:>10.1f} " for v in cells))
     result: dict[str, object] = {
         "pipeline_vs_model": round(b16[f"pipeline_{n}w"] / b16["model"], 3) if b16 else None,

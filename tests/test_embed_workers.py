@@ -119,11 +119,12 @@ def test_parts_are_zero_padded_and_an_old_unpadded_folder_resumes_in_integer_ord
     names = sorted(p.name for p in (out / "img_emb").iterdir())
     assert names == [f"img_emb_{i:05d}.npy" for i in range(14)]  # name order is row order
     first = load_embeddings(out)
-    for sub, stem, ext in (("img_emb", "img_emb", "npy"), ("text_emb", "text_emb", "npy"), ("metadata", "metadata", "parquet")):
+    kinds = (("img_emb", "img_emb", "npy"), ("text_emb", "text_emb", "npy"), ("metadata", "metadata", "parquet"))
+    for sub, stem, ext in kinds:
         for i in range(14):
             (out / sub / f"{stem}_{i:05d}.{ext}").rename(out / sub / f"{stem}_{i}.{ext}")
     (out / "metadata" / "metadata_10.parquet").unlink()  # part 10 interrupted
-    for sub, stem, ext in (("img_emb", "img_emb", "npy"), ("text_emb", "text_emb", "npy"), ("metadata", "metadata", "parquet")):
+    for sub, stem, ext in kinds:
         (out / sub / f"{stem}_13.{ext}").unlink()  # part 13 never written
     again = embed_dataset(data, encoder, out, batch_size=4, rows_per_part=1, workers=0)
     assert again.parts_written == [10, 13] and again.kept_rows == 12
@@ -235,7 +236,8 @@ def test_curate_takes_device_precision_and_workers_as_runtime_options():
     from cocu.curation.pipeline import CurateConfig
 
     args = build_parser("curate").parse_args(
-        ["curate", "data", "--encoder", ENCODER, "--out", "run", "--device", "cpu", "--precision", "bf16", "--workers", "3"]
+        ["curate", "data", "--encoder", ENCODER, "--out", "run", "--device", "cpu", "--precision", "bf16",
+         "--workers", "3"]
     )
     cfg = config_from_args(args, device=args.device, precision=args.precision, workers=args.workers)
     assert (cfg.device, cfg.precision, cfg.workers) == ("cpu", "bf16", 3)

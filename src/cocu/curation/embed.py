@@ -63,8 +63,10 @@ FINGERPRINT_BLOCK = 64 * 1024
 MEMBER_REASONS = frozenset({reasons.UNEXPECTED_MEMBER, reasons.BAD_JSON})
 """Skips that drop a member but keep the sample (so they are not rejections)."""
 _PART = re.compile(r"^img_emb_(\d+)\.npy$")
-_OWN_FILE = re.compile(r"^(img_emb_\d+\.npy|text_emb_\d+\.npy|metadata_\d+\.parquet|embed_info\.json|rejected\.parquet)$")
-_STALE_TEMP = re.compile(r"^\.(img_emb_\d+\.npy|text_emb_\d+\.npy|metadata_\d+\.parquet|embed_info\.json|rejected\.parquet)\..+\.tmp$")
+_OWN_NAMES = r"(img_emb_\d+\.npy|text_emb_\d+\.npy|metadata_\d+\.parquet|embed_info\.json|rejected\.parquet)"
+_OWN_FILE = re.compile(rf"^{_OWN_NAMES}$")
+_STALE_TEMP = re.compile(rf"^\.{_OWN_NAMES}\..+\.tmp$")
+"""A temporary file of :func:`cocu.utils.atomic.atomic_path` for one of the folder's files."""
 
 
 def _suffix(part: str | int) -> str:
@@ -255,10 +257,10 @@ def _npy_rows(path: Path) -> int:
     return int(np.load(path, mmap_mode="r").shape[0])
 
 
-def _finished_parts(out: Path) -> tuple[dict[int, dict[str, str]], list[str]]:
-    """Finished parts of an earlier run (all three files present, row counts agreeing) -> {key: caption},
-    and the suffixes of the unfinished ones."""
-    finished: dict[int, dict[str, str]] = {}
+def _finished_parts(out: Path) -> tuple[dict[int, dict[str, str | None]], list[str]]:
+    """Finished parts of an earlier run (all three files present, row counts agreeing) -> {key: caption
+    (``None``: the part has no caption column)}, and the suffixes of the unfinished ones."""
+    finished: dict[int, dict[str, str | None]] = {}
     unfinished: list[str] = []
     for index, suffix in _part_indices(out).items():
         files = (img_path(out, suffix), text_path(out, suffix), meta_path(out, suffix))
@@ -266,13 +268,17 @@ def _finished_parts(out: Path) -> tuple[dict[int, dict[str, str]], list[str]]:
             logger.warning("part %s is incomplete (a file is missing); it will be written again", suffix)
             unfinished.append(suffix)
             continue
-        table = pq.read_table(files[2], columns=["image_path", "caption"])
+        wanted = [c for c in ("image_path", "caption") if c in pq.read_schema(files[2]).names]
+        table = pq.read_table(files[2], columns=wanted)
         keys = table.column("image_path").to_pylist()
         if not (_npy_rows(files[0]) == _npy_rows(files[1]) == len(keys)):
             logger.warning("part %s has disagreeing row counts; it will be written again", suffix)
             unfinished.append(suffix)
             continue
-        captions = ("" if c is None else str(c) for c in table.column("caption").to_pylist())
+        if "caption" in wanted:
+            captions = ["" if c is None else str(c) for c in table.column("caption").to_pylist()]
+        else:  # a folder written without captions: nothing to check the data against
+            captions = [None] * len(keys)
         finished[index] = dict(zip((str(k) for k in keys), captions))
     return finished, unfinished
 

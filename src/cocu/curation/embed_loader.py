@@ -73,7 +73,7 @@ class SampleBatches(IterableDataset):
     - ``rows``: ``b`` dicts ``key``, ``caption``, ``true_concepts`` (row-aligned with ``pixels``);
     - ``records``: the skips recorded while the unit was read (``reason``, ``key``, ``source``, ``detail``);
     - ``kept``: samples of the unit's stretch whose keys are in ``done`` (not decoded again);
-    - ``mismatches``: kept samples whose caption differs from ``done``'s (``key``, ``source``, ``stored``,
+    - ``mismatches``: kept samples whose caption differs from ``done``'s (``None`` there: not checked) (``key``, ``source``, ``stored``,
       ``caption``): the folder was made from other data.
     """
 
@@ -82,7 +82,7 @@ class SampleBatches(IterableDataset):
         data_spec: str | os.PathLike | Sequence[str | os.PathLike],
         preprocess: Preprocess,
         batch_size: int,
-        done: dict[str, str],
+        done: dict[str, str | None],
     ) -> None:
         super().__init__()
         self.data_spec, self.preprocess, self.batch_size, self.done = data_spec, preprocess, batch_size, done
@@ -117,10 +117,10 @@ class SampleBatches(IterableDataset):
         samples: list[Sample] = []
         kept, mismatches, unit = 0, [], 0
         for sample in iter_samples(self.data_spec, decode_images=False, skips=records):
-            stored = self.done.get(sample.key)
-            if stored is not None:
+            if sample.key in self.done:
                 kept += 1
-                if stored != sample.caption and unit % workers == worker:
+                stored = self.done[sample.key]
+                if stored is not None and stored != sample.caption and unit % workers == worker:
                     mismatches.append(
                         {"key": sample.key, "source": sample.source, "stored": stored, "caption": sample.caption}
                     )
