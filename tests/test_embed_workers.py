@@ -13,7 +13,7 @@ from PIL import Image
 from cocu.cli import main
 from cocu.curation import embed as embed_mod
 from cocu.curation import embed_loader
-from cocu.curation.embed import EmbedOutputError, embed_dataset, load_embeddings, read_rejected
+from cocu.curation.embed import embed_dataset, load_embeddings, read_rejected
 from cocu.curation.encoder import load_encoder, resolve_device, resolve_precision
 
 ENCODER = "random:clip-tiny"
