@@ -1,4 +1,5 @@
-"""The pre-training losses against a loop-by-loop evaluation of eq. 1-4, and the gathered (2-process) version."""
+"""The pre-training losses against a loop-by-loop evaluation of eq. 1-4, and the gathered (2-process) version
+whose gradients, averaged over ranks as DistributedDataParallel does, are the single-process ones."""
 
 import math
 import os
@@ -12,10 +13,10 @@ import torch.nn.functional as F
 from cocu.train.loss import (
     MAX_LOGIT_SCALE,
     CocuLoss,
+    clamped_scale,
     infonce_loss,
     initial_log_scale,
     multilabel_loss,
-    shared_scale,
 )
 
 B, L, D = 4, 3, 5
@@ -106,7 +107,7 @@ def test_temperature_starts_at_0_07_and_scale_is_clamped_at_100():
     assert math.isclose(math.exp(initial_log_scale()), 1 / 0.07)
     assert math.isclose(float(CocuLoss(True).multilabel_logit_scale.detach().exp()), 1 / 0.07, rel_tol=1e-6)
     big = torch.tensor(10.0, requires_grad=True)
-    scale = shared_scale(big)
+    scale = clamped_scale(big)
     assert float(scale.detach()) == MAX_LOGIT_SCALE
     scale.backward()
     assert float(big.grad) == 0.0
@@ -135,8 +136,10 @@ def _gathered_worker(rank: int, world: int, port: int, result_dir: str) -> None:
         out = loss(image, text, labels, log_scale)
         out.total.backward()
         grads = [log_scale.grad, loss.multilabel_logit_scale.grad]
+        for g in grads + [image.grad, text.grad, labels.grad]:
+            g /= world  # DistributedDataParallel's average: its all-reduce of gradients pre-divided by the world
         for g in grads:
-            dist.all_reduce(g)  # parameter gradients are summed over ranks
+            dist.all_reduce(g)
         torch.save(
             {
                 "total": out.total.detach(),

@@ -128,6 +128,22 @@ def test_vocabulary_file_with_aliases(tmp_path):
     assert (again.concepts, again.aliases) == (vocab.concepts, vocab.aliases)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_concept(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("sky\ngrass\n".encode("utf-8-sig"))
+    vocab = Vocabulary.from_file(path)
+    assert vocab.concepts == ["sky", "grass"]
+    assert vocab.extract("blue sky") == ["sky"]
+
+
+def test_non_ascii_concepts_are_accepted_and_matched_as_words(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("犬: 狗\nсобака\ncafé\n", encoding="utf-8")
+    vocab = Vocabulary.from_file(path)
+    assert vocab.concepts == ["犬", "собака", "café"]
+    assert vocab.extract("a 狗 and a собака outside the cafe") == ["犬", "собака", "café"]
+
+
 def test_an_alias_that_is_its_own_concepts_plural_is_accepted(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("person: people, persons\n")

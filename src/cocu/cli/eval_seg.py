@@ -9,6 +9,7 @@ from cocu.cli._args import add_normalization, add_templates, positive_int
 from cocu.data.skips import SkipCounter
 from cocu.evaluation.benchmarks import SEG_TEMPLATES, benchmark_names, get_benchmark, prompt_templates
 from cocu.evaluation.datasets import BenchmarkNotFoundError, open_dataset
+from cocu.evaluation.dense_clip import SEG_METHODS, default_crop
 from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.normalization import load_zero_shot
 from cocu.evaluation.outputs import check_not_input, check_overwrite
@@ -28,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"overridden. Exit status {EXIT_NOT_FOUND}: the benchmark is not under --root.",
     )
     p.add_argument("--model", required=True, help="GroupViT model folder (ours or a transformers checkpoint)")
+    p.add_argument(
+        "--method",
+        choices=SEG_METHODS,
+        default="groupvit",
+        help="groupvit (default), or a training-free dense read of a CLIP folder (crop default: its input size)",
+    )
     p.add_argument("--dataset", required=True, choices=benchmark_names(), help="benchmark name")
     p.add_argument("--root", required=True, help="data set root (its standard layout, or a folder above it)")
     p.add_argument("--save-predictions", metavar="DIR", help="write each predicted label map as DIR/<image>.png")
@@ -60,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_model(args: argparse.Namespace) -> ZeroShotModel:
     """The model to evaluate, with its image normalisation (said on stdout)."""
-    zs, norm = load_zero_shot(args.model, args.device, args.normalize, args.image_mean, args.image_std)
+    zs, norm = load_zero_shot(args.model, args.device, args.normalize, args.image_mean, args.image_std, args.method)
     print(f"image normalisation: {norm.note}")
     return zs
 
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             zs.image_size,
             short_side=args.short_side,
             max_long_side=args.max_long_side,
-            crop=args.crop,
+            crop=default_crop(zs, args.crop),
             stride=args.stride,
             bg_thresh=args.bg_thresh,
             batch_size=args.batch_size,
@@ -102,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(result.format())
     if args.out:
-        atomic_write_json(args.out, {"model": str(args.model), **result.to_json()})
+        atomic_write_json(args.out, {"model": str(args.model), "method": args.method, **result.to_json()})
         print(f"wrote {args.out}")
     return 0

@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from cocu.cli._args import add_normalization, add_templates, positive_int
 from cocu.data.transforms import exif_to_rgb
 from cocu.evaluation.benchmarks import SEG_TEMPLATES, prompt_templates
+from cocu.evaluation.dense_clip import SEG_METHODS, default_crop
 from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.normalization import load_zero_shot
 from cocu.evaluation.outputs import check_not_input, check_overwrite, png_info
@@ -41,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", help="input image (any size and mode)")
     p.add_argument("--model", required=True, help="GroupViT model folder")
+    p.add_argument(
+        "--method",
+        choices=SEG_METHODS,
+        default="groupvit",
+        help="groupvit (default), or a training-free dense read of a CLIP folder (crop default: its input size)",
+    )
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "sky,grass,dog"')
     p.add_argument("--out", help="overlay PNG to write (default: <image stem>_overlay.png here)")
     p.add_argument("--bg-thresh", type=float, help="pixels whose best score is below this become background")
@@ -85,7 +92,7 @@ def read_image(path: str, max_pixels: int) -> Image.Image:
 
 def load_model(args: argparse.Namespace) -> ZeroShotModel:
     """The model to segment with, with its image normalisation (said on stdout)."""
-    zs, norm = load_zero_shot(args.model, args.device, args.normalize, args.image_mean, args.image_std)
+    zs, norm = load_zero_shot(args.model, args.device, args.normalize, args.image_mean, args.image_std, args.method)
     print(f"image normalisation: {norm.note}")
     return zs
 
@@ -101,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         image = read_image(args.image, args.max_pixels)
         zs = load_model(args)
         proto = user_protocol(
-            zs.image_size, args.short_side, args.crop, args.stride, args.bg_thresh, args.local_consistency
+            zs.image_size, args.short_side, default_crop(zs, args.crop), args.stride, args.bg_thresh,
+            args.local_consistency,
         )
         label_map = segment_with_labels(zs, image, labels, proto, list(prompt_templates(args.templates)))
     except (FileNotFoundError, ValueError) as err:

@@ -49,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cocu.train.trainer import TrainingDiverged, train
+    from cocu.utils.lock import FolderLocked
 
     try:
         result = train(cfg)
     except TrainingDiverged as err:
         print(f"cocu train: {err}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, FolderLocked) as err:
         print(f"cocu train: {err}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line

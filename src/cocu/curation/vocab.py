@@ -179,12 +179,16 @@ def singularize(word: str) -> str:
 
 # --- text normalisation --------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[a-z0-9]+")
-_POSSESSIVE = re.compile(r"(?<=[a-z0-9])'s\b")
+_TOKEN = re.compile(r"[^\W_]+")
+_POSSESSIVE = re.compile(r"(?<=[^\W_])'s\b")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens: accents folded, possessive ``'s`` dropped, other punctuation splits words."""
+    """Lower-cased word tokens: accents folded, possessive ``'s`` dropped, other punctuation splits words.
+
+    Letters and digits of any script make words (``犬``, ``собака``); a script written without spaces is
+    matched as whole space-separated words only.
+    """
     folded = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
     folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
     folded = _POSSESSIVE.sub("", folded).replace("'", "")
@@ -320,14 +324,14 @@ class Vocabulary:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Vocabulary:
-        """Read a vocabulary file (UTF-8, one concept a line, ``name: alias, alias``).
+        """Read a vocabulary file (UTF-8, optional byte-order mark, one concept a line, ``name: alias, alias``).
 
         Raises ``ValueError`` naming the file and line for an empty entry or alias and for an entry that
         repeats an earlier one (also as its singular/plural or as an alias).
         """
         path = Path(path)
         try:
-            text = path.read_text("utf-8")
+            text = path.read_text("utf-8-sig")  # a byte-order mark is not part of the first entry
         except (OSError, UnicodeError) as err:
             raise ValueError(f"cannot read vocabulary file {path}: {err}") from err
         concepts: list[str] = []

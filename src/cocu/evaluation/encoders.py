@@ -48,30 +48,29 @@ class CropEncoding:
 
 
 class ZeroShotModel:
-    """A GroupViT or CLIP in eval mode with its tokenizer and normalisation, on one device.
+    """A GroupViT or CLIP in eval mode with its tokenizer and normalisation (the bundle's own until
+    :meth:`set_normalization`), on one device."""
 
-    ``mean``/``std`` replace the bundle's own image normalisation (segmentation and classification)."""
-
-    def __init__(
-        self,
-        bundle: ModelBundle,
-        device: str | torch.device | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, bundle: ModelBundle, device: str | torch.device | None = None) -> None:
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.model = bundle.model.to(self.device).eval()
         self.tokenizer = bundle.tokenizer
         self.family = bundle.family
-        self.mean = tuple(bundle.preprocess.mean if mean is None else mean)
-        self.std = tuple(bundle.preprocess.std if std is None else std)
-        self.preprocess = replace(bundle.preprocess, mean=self.mean, std=self.std)
+        self.mean = tuple(bundle.preprocess.mean)
+        self.std = tuple(bundle.preprocess.std)
+        self.preprocess = bundle.preprocess
         vision = self.model.config.vision_config
         self.image_size = int(vision.image_size)
         self.patch_size = int(vision.patch_size)
         text = self.model.config.text_config
         limit = getattr(self.tokenizer, "model_max_length", None) or text.max_position_embeddings
         self.max_text_length = int(min(limit, text.max_position_embeddings))
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Use this image mean/std (segmentation and classification) instead of the bundle's."""
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.preprocess = replace(self.preprocess, mean=self.mean, std=self.std)
 
     @property
     def logit_scale(self) -> float:

@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 
 from cocu.data.transforms import NORMALIZATIONS
+from cocu.evaluation.dense_clip import load_seg_model
 from cocu.evaluation.encoders import ZeroShotModel
-from cocu.models.bundle import load_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +114,11 @@ def load_zero_shot(
     normalize: str = "auto",
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
+    method: str = "groupvit",
 ) -> tuple[ZeroShotModel, Normalization]:
-    """Load a model folder (or cached hub name) for zero-shot evaluation with the chosen normalisation."""
-    bundle = load_bundle(model_spec)
-    norm = choose_normalization(
-        model_spec, bundle.preprocess.mean, bundle.preprocess.std, normalize, image_mean, image_std
-    )
-    return ZeroShotModel(bundle, device, mean=norm.mean, std=norm.std), norm
+    """Load a model folder (or cached hub name) for zero-shot use with the chosen normalisation;
+    ``method``: ``groupvit`` or a dense CLIP read-out (:data:`cocu.evaluation.dense_clip.SEG_METHODS`)."""
+    zs = load_seg_model(str(model_spec), method, device)
+    norm = choose_normalization(model_spec, zs.mean, zs.std, normalize, image_mean, image_std)
+    zs.set_normalization(norm.mean, norm.std)
+    return zs, norm

@@ -1,12 +1,19 @@
-"""Data parallelism by hand: gradients summed with one all-reduce per step, BatchNorm buffers averaged.
+"""Data parallelism: torchrun's process group and torch's ``DistributedDataParallel``.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the trainer joins a process group (``nccl``
-when training on CUDA, ``gloo`` on CPU). Every rank computes the loss of the whole global batch from
-gathered features with gradients for its own shard only (``cocu.train.loss``), so the *sum* of the
-ranks' parameter gradients is the single-process gradient; :func:`all_reduce_grads` sums them in one
-flat buffer. All ranks then hold identical gradients, clip and step identically, and stay bit-identical.
-BatchNorm running statistics are computed from each rank's local batch; :func:`average_buffers` averages
-them after each step so that the ranks' (and the saved) buffers agree.
+when training on CUDA, ``gloo`` on CPU) and wraps its module in ``DistributedDataParallel``
+(:func:`wrap_data_parallel`): gradients are all-reduced in buckets while backward is still running, and
+DDP *averages* them over ranks. Every rank computes the loss of the whole global batch from gathered
+features with gradients for its own shard only (``cocu.train.loss``), whose local gradient is scaled by
+the world size, so the average is exactly the single-process gradient of the global batch. All ranks
+then hold identical gradients, clip and step identically, and their parameters stay bit-identical.
+
+BatchNorm (GroupViT's projection heads): in training mode each rank normalises with its own batch's
+statistics (no SyncBatchNorm: it is CUDA-only and would change the training math). The running
+statistics follow DDP's default ``broadcast_buffers=True``: at the start of every forward rank 0's
+buffers are copied to all ranks, so the buffers that count (rank 0's, the ones saved in checkpoints and
+the final model) are the running averages of rank 0's local batches. Other ranks' buffers differ only
+between their own update and the next forward, and are never saved.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,11 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def backend_for(device: torch.device) -> str:
+    """The collective backend for ``device``: ``nccl`` on CUDA, ``gloo`` otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(preference: str) -> DistContext:
     """Join the ``torchrun`` process group if the environment describes one (or reuse an existing group)."""
     if dist.is_available() and dist.is_initialized():
@@ -57,7 +71,7 @@ def init_distributed(preference: str) -> DistContext:
         return DistContext(0, 1, 0, device, owns_group=False)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend_for(device))
     rank = dist.get_rank()
     logger.info("data-parallel rank %d of %d on %s", rank, world, device)
     return DistContext(rank, world, local_rank, device, owns_group=True)
@@ -73,35 +87,13 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def all_reduce_grads(params: list[nn.Parameter], ctx: DistContext) -> None:
-    """Sum the gradients of ``params`` over ranks (one flat all-reduce; parameters without grad skipped)."""
+def wrap_data_parallel(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """``module`` itself with one process; else ``DistributedDataParallel(module)`` on this rank's device
+    (parameters and buffers are broadcast from rank 0 on construction; see the module docstring)."""
     if ctx.world == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])  # [total]
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def average_buffers(module: nn.Module, ctx: DistContext) -> None:
-    """Average the floating-point buffers (BatchNorm running mean/var) over ranks."""
-    if ctx.world == 1:
-        return
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1) for b in buffers])
-    dist.all_reduce(flat)
-    flat /= ctx.world
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
+        return module
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)  # buffers: rank 0's, broadcast each forward
 
 
 def all_true(flag: bool, ctx: DistContext) -> bool:
@@ -111,6 +103,15 @@ def all_true(flag: bool, ctx: DistContext) -> bool:
     t = torch.tensor([0 if flag else 1], dtype=torch.int64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return int(t.item()) == 0
+
+
+def broadcast_from_main(value: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if ctx.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
+    return box[0]
 
 
 def gather_rows(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:

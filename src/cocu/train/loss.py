@@ -17,10 +17,11 @@ temperatures (initialised at 0.07, stored as ``log(1/tau)``; the scale ``exp(.)`
 
 Data parallelism: every rank gathers all ranks' features (``gather_with_local_grad``: the local shard
 keeps its autograd graph, the others are constants) and computes the loss of the whole global batch,
-so its value equals the single-process loss. Gradients reach only the rank's own features, so summing
-the parameter gradients over ranks (``cocu.train.distributed.all_reduce_grads``) gives exactly the
-single-process gradient of the feature path. The logit scales enter every rank's loss directly; to keep
-the sum exact, their gradient is divided by the world size (:func:`shared_scale`).
+so its value equals the single-process loss on every rank. Gradients reach only the rank's own
+features; ``DistributedDataParallel`` then *averages* the parameter gradients over ranks, so the local
+shard's gradient is multiplied by the world size on its way back (value unchanged): the average of the
+ranks' feature-path gradients is then their sum, exactly the single-process gradient. The logit scales
+enter every rank's loss directly and get the same full gradient on every rank, which the average keeps.
 """
 
 from __future__ import annotations
@@ -46,29 +47,22 @@ def _world() -> tuple[int, int]:
 def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` ([b, ...], equal ``b`` on every rank) over ranks in rank order: [world*b, ...].
 
-    The slice of this rank is ``x`` itself (gradients flow back to it); the other slices carry no
-    gradient. With one process this returns ``x``.
+    The slice of this rank is ``x`` itself, with its gradient multiplied by the world size (see the
+    module docstring: DDP's average of the ranks' gradients is then their sum); the other slices carry
+    no gradient. With one process this returns ``x``.
     """
     rank, world = _world()
     if world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
+    parts[rank] = parts[rank] + (x - x.detach()) * world  # value: x exactly; gradient: world
     return torch.cat(parts, dim=0)
 
 
-def shared_scale(log_scale: torch.Tensor) -> torch.Tensor:
-    """``exp(log_scale)`` clamped at :data:`MAX_LOGIT_SCALE`, with its gradient divided by the world size.
-
-    Every rank evaluates the same global loss, so the per-rank gradients of a parameter used directly in
-    the loss add up to ``world`` times the true one when summed; the value is unchanged.
-    """
-    _, world = _world()
-    scale = log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-    if world == 1:
-        return scale
-    return scale.detach() + (scale - scale.detach()) / world
+def clamped_scale(log_scale: torch.Tensor) -> torch.Tensor:
+    """``exp(log_scale)`` clamped at :data:`MAX_LOGIT_SCALE` (the gradient is 0 above the clamp)."""
+    return log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
 
 def infonce_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,11 +127,11 @@ class CocuLoss(nn.Module):
         not yet normalised. Returns the loss of the global batch."""
         image = gather_with_local_grad(_normalized(image))  # [B,d]
         caption = gather_with_local_grad(_normalized(caption))  # [B,d]
-        i2t, t2i = infonce_loss(image, caption, shared_scale(caption_log_scale))
+        i2t, t2i = infonce_loss(image, caption, clamped_scale(caption_log_scale))
         loss_caption = (i2t + t2i) / 2
         if labels is None or self.multilabel_logit_scale is None:
             return LossOutput(total=loss_caption, caption=loss_caption, multilabel=None)
         labels = gather_with_local_grad(_normalized(labels))  # [B,L,d]
-        i2p, p2i = multilabel_loss(image, labels, shared_scale(self.multilabel_logit_scale))
+        i2p, p2i = multilabel_loss(image, labels, clamped_scale(self.multilabel_logit_scale))
         loss_multilabel = (i2p + p2i) / 2
         return LossOutput(total=loss_caption + loss_multilabel, caption=loss_caption, multilabel=loss_multilabel)

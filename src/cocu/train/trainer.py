@@ -8,20 +8,24 @@ Output folder ``cfg.output``::
     train_config.yaml     the resolved config
     metrics.jsonl, tensorboard/, loss_curve.png
     train_result.json     TrainResult as JSON (written when the run finishes)
-    checkpoints/step-*/   resumable checkpoints (cocu.train.checkpoint)
+    checkpoints/step-*/   resumable checkpoints (cocu.train.checkpoint), each with a SHA256SUMS file
+    .cocu.lock            the run's folder lock (cocu.utils.lock), held by rank 0 while the run lasts
     tokenizer/            the BPE tokenizer trained for this run (when model.tokenizer is null)
     data_index.npz        the shard index (cocu.train.shards), reused by a resumed run
 
 One step: the rank's batch is encoded (image features from ``get_image_features``: the pooled group
 tokens through the projection MLP; text features of the captions and the L prompt texts in one
 ``get_text_features`` call), under bf16 autocast if configured; the loss (``cocu.train.loss``, always in
-float32) is evaluated on the features gathered from all ranks; gradients are summed over ranks, clipped,
-and AdamW steps with the warm-up + cosine schedule. Checkpoints are written every
+float32) is evaluated on the features gathered from all ranks; under torchrun the module runs inside
+``DistributedDataParallel``, whose bucketed all-reduce overlaps backward (``cocu.train.distributed``);
+gradients are clipped and AdamW steps with the warm-up + cosine schedule. Checkpoints are written every
 ``train.checkpoint_every`` steps, at each epoch end and when the run stops; with ``resume: auto`` a
 killed run restarted with the same config ends with bit-identical weights (the data order, augmentation
 and concept sampling are functions of (seed, step), and the checkpoint holds every rank's RNG state for
-the model's Gumbel noise). A non-finite loss or gradient norm stops the run with
-:class:`TrainingDiverged`, leaving the last good checkpoint in place.
+the model's Gumbel noise); a damaged newest checkpoint is skipped for the newest intact one, with a
+warning. A non-finite loss or gradient norm stops the run with :class:`TrainingDiverged`, naming the
+newest intact checkpoint. The output folder is locked (``cocu.utils.lock``) for the whole run: a second
+``cocu train`` into it fails at once with :class:`cocu.utils.lock.FolderLocked` naming the holder's pid.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -46,23 +51,33 @@ from cocu.data.transforms import NORMALIZATIONS
 from cocu.models.bundle import save_bundle
 from cocu.models.factory import build_model, get_model_spec
 from cocu.text.tokenizer import load_tokenizer, train_bpe_tokenizer
-from cocu.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
+from cocu.train.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointDamaged,
+    damage,
+    latest_checkpoint,
+    latest_intact_checkpoint,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from cocu.train.config import TrainConfig, changed_keys, config_from_dict, save_config
 from cocu.train.data import Batch, TrainData, make_loader, prepare_data
 from cocu.train.distributed import (
     DistContext,
-    all_reduce_grads,
     all_true,
-    average_buffers,
     barrier,
+    broadcast_from_main,
     gather_rows,
     init_distributed,
     shutdown,
+    wrap_data_parallel,
 )
 from cocu.train.loss import CocuLoss, LossOutput
 from cocu.train.metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsLogger, plot_loss_curve, read_metrics
 from cocu.train.optim import build_optimizer
 from cocu.utils.atomic import atomic_write_json
+from cocu.utils.lock import FolderLocked, folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +134,20 @@ def _pooled(out: torch.Tensor | object) -> torch.Tensor:
 
 
 class TrainModule(nn.Module):
-    """The transformers model plus the loss's own temperature; the unit that is optimised and checkpointed."""
+    """The transformers model plus the loss's own temperature; the unit that is optimised, checkpointed and
+    (under torchrun) wrapped in ``DistributedDataParallel``. ``bf16``: features under bfloat16 autocast."""
 
-    def __init__(self, model: nn.Module, multilabel: bool) -> None:
+    def __init__(self, model: nn.Module, multilabel: bool, bf16: bool = False) -> None:
         super().__init__()
         self.model = model
         self.loss = CocuLoss(multilabel)
+        self.bf16 = bf16
+
+    def forward(self, batch: Batch) -> LossOutput:
+        """The loss of the global batch, from this rank's ``batch`` (the loss itself in float32)."""
+        with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            image, text = self.features(batch)
+        return self.compute_loss(image, text)
 
     def features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features [b,d] and text features [b,1+L,d] (unnormalised)."""
@@ -144,13 +167,19 @@ class TrainModule(nn.Module):
 
 
 def _model_seed(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, _TAG_MODEL_RNG, rank]).generate_state(1, np.uint64)[0] >> 1)
+    """The seed of rank ``rank``'s torch generator (63 bits; the same on numpy 1.x and 2.x)."""
+    state = np.random.SeedSequence([seed, _TAG_MODEL_RNG, rank]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
 
 
 def _resolve_checkpoint(cfg: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from (verified against its checksums), or ``None`` to start fresh."""
     root = out / CHECKPOINT_DIR
     if cfg.resume == "auto":
-        return latest_checkpoint(root)
+        found = latest_intact_checkpoint(root)
+        if found is None and latest_checkpoint(root) is not None:
+            logger.warning("no intact checkpoint under %s: training starts from step 0", root)
+        return found
     if cfg.resume is None:
         found = latest_checkpoint(root)
         if found is not None:
@@ -161,7 +190,27 @@ def _resolve_checkpoint(cfg: TrainConfig, out: Path) -> Path | None:
     path = Path(cfg.resume)
     if not path.is_dir():
         raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint folder")
+    problem = damage(path)
+    if problem is not None:
+        raise CheckpointDamaged(f"resume={cfg.resume}: the checkpoint is damaged ({problem}); choose another")
     return path
+
+
+def _agreed(ctx: DistContext, work: Callable[[], object]) -> object:
+    """``work()`` on rank 0, its result on every rank; the clear errors it raises (a locked folder, a missing
+    or damaged checkpoint) are raised on every rank instead of leaving the other ranks waiting."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = work()
+        except (FolderLocked, FileNotFoundError, FileExistsError, ValueError) as err:
+            error = err
+    result, shared_error = broadcast_from_main((result, error), ctx)
+    if error is not None:
+        raise error
+    if shared_error is not None:
+        raise shared_error
+    return result
 
 
 def _check_same_config(cfg: TrainConfig, out: Path) -> None:
@@ -220,37 +269,43 @@ def save_final_model(model: nn.Module, tokenizer, out: Path, image_size: int, no
     staging.rmdir()
 
 
+def _generators(device: torch.device) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]]:
+    """The random generators whose states a checkpoint keeps for every rank, as (get, set): torch's CPU
+    generator, and on CUDA the device's (where the model's Gumbel noise is drawn)."""
+    found = {"torch": (torch.get_rng_state, torch.set_rng_state)}
+    if device.type == "cuda":
+        found["cuda"] = (partial(torch.cuda.get_rng_state, device), partial(torch.cuda.set_rng_state, device=device))
+    return found
+
+
 def _rng_rows(ctx: DistContext) -> dict[str, torch.Tensor]:
-    rows = {"torch": gather_rows(torch.get_rng_state(), ctx)}
-    if ctx.device.type == "cuda":
-        rows["cuda"] = gather_rows(torch.cuda.get_rng_state(ctx.device), ctx)
-    return rows
+    """Every rank's generator states: ``{name: uint8 [world, n]}`` (the same on all ranks)."""
+    return {name: gather_rows(get(), ctx) for name, (get, _) in _generators(ctx.device).items()}
 
 
 def _restore_rng(rng: dict[str, torch.Tensor], ctx: DistContext) -> None:
-    states = rng.get("torch")
-    if states is None or states.shape[0] != ctx.world:
-        logger.warning(
-            "the checkpoint holds RNG states for %s rank(s), this run has %d: the model's random draws restart "
-            "from the seed (the run is no longer identical to an uninterrupted one)",
-            None if states is None else states.shape[0],
-            ctx.world,
-        )
-        return
-    torch.set_rng_state(states[ctx.rank].clone())
-    if ctx.device.type == "cuda" and "cuda" in rng and rng["cuda"].shape[0] == ctx.world:
-        torch.cuda.set_rng_state(rng["cuda"][ctx.rank].clone(), ctx.device)
+    for name, (_, put) in _generators(ctx.device).items():
+        states = rng.get(name)
+        if states is None or states.shape[0] != ctx.world:
+            logger.warning(
+                "the checkpoint holds %s RNG states for %s rank(s), this run has %d: those random draws restart "
+                "from the seed (the run is no longer identical to an uninterrupted one)",
+                name,
+                None if states is None else states.shape[0],
+                ctx.world,
+            )
+            continue
+        put(states[ctx.rank].clone())
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    return Batch(
+def batch_to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with its tensors on ``device`` (the same tensors when already there, as on CPU); the
+    copies from the loader's pinned memory (pinned when training on CUDA) do not block."""
+    return replace(
+        batch,
         images=batch.images.to(device, non_blocking=True),
         input_ids=batch.input_ids.to(device, non_blocking=True),
         attention_mask=batch.attention_mask.to(device, non_blocking=True),
-        num_labels=batch.num_labels,
-        skipped=batch.skipped,
     )
 
 
@@ -280,11 +335,23 @@ def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -
     this; only rank 0 writes files other than checkpoints' contents it gathers.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    assert cfg.output is not None
     ctx = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, ctx, on_step)
+        with _output_lock(Path(cfg.output), ctx):
+            return _train(cfg, ctx, on_step)
     finally:
         shutdown(ctx)
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds ``out``'s folder lock for the whole run; if another run holds it, every rank raises
+    :class:`FolderLocked`. Only rank 0 locks because only rank 0 writes into ``out``; on a shared file
+    system its lock also keeps out a second job's ranks on other machines."""
+    with contextlib.ExitStack() as stack:
+        _agreed(ctx, lambda: stack.enter_context(folder_lock(out, purpose="cocu train")))
+        yield
 
 
 def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], None] | None) -> TrainResult:
@@ -294,9 +361,15 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    checkpoint = _resolve_checkpoint(cfg, out)
-    if checkpoint is not None:
-        _check_same_config(cfg, out)
+
+    def pick_checkpoint() -> Path | None:
+        remove_partial_checkpoints(out / CHECKPOINT_DIR)  # safe: this run holds the folder's lock
+        found = _resolve_checkpoint(cfg, out)
+        if found is not None:
+            _check_same_config(cfg, out)
+        return found
+
+    checkpoint = _agreed(ctx, pick_checkpoint)
     if ctx.is_main:
         save_config(cfg, out / CONFIG_FILE)
         data = prepare_data(cfg, str(out / INDEX_FILE), progress=True)
@@ -307,7 +380,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     tokenizer = _tokenizer(cfg, data, out, ctx, checkpoint is not None, spec.max_text_length)
     model = build_model(cfg.model.config, tokenizer, seed=cfg.seed)
     _warn_legacy_pooling(model)
-    module = TrainModule(model, multilabel=data.texts.labels_per_sample > 0).to(ctx.device).train()
+    bf16 = cfg.train.precision == "bf16"
+    module = TrainModule(model, multilabel=data.texts.labels_per_sample > 0, bf16=bf16).to(ctx.device).train()
     params = [p for p in module.parameters() if p.requires_grad]
     if cfg.train.batch_size // ctx.world < 2 and spec.family == "groupvit":
         raise ValueError("GroupViT's projection BatchNorm needs at least 2 samples per rank; raise train.batch_size")
@@ -319,7 +393,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     torch.manual_seed(_model_seed(cfg.seed, ctx.rank))
     start = 0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, module, optimizer, scheduler, ctx.device)
+        state = load_checkpoint(checkpoint, module, optimizer, scheduler, ctx.device, verify=False)
         start = state.step
         _restore_rng(state.rng, ctx)
         logger.info("resuming from %s (step %d of %d)", checkpoint, start, total)
@@ -339,11 +413,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     metrics = MetricsLogger(out, start if checkpoint is not None else None) if ctx.is_main else None
     if metrics is not None and checkpoint is None:
         logger.info("training %d steps (%d per epoch, %d samples) into %s", total, steps_per_epoch, len(data), out)
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=torch.bfloat16)
-        if cfg.train.precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    parallel = wrap_data_parallel(module, ctx)
     skips = SkipCounter()
     window = _Window()
     step, last_checkpoint, last_loss = start, checkpoint, None
@@ -361,24 +431,20 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
             epoch = step // steps_per_epoch
             for reason, key, source, detail in batch.skipped:
                 skips.add(reason, key, source, detail)
-            batch = _to_device(batch, ctx.device)
-            with autocast:
-                image, text = module.features(batch)
-            out_loss = module.compute_loss(image, text)
+            batch = batch_to_device(batch, ctx.device)
+            out_loss = parallel(batch)
             loss_value = float(out_loss.total.detach())
             if not all_true(math.isfinite(loss_value), ctx):
-                raise TrainingDiverged(_diverged_message("loss", loss_value, step, epoch, last_checkpoint))
+                raise TrainingDiverged(_diverged_message("loss", loss_value, step, epoch, out))
             optimizer.zero_grad(set_to_none=True)
-            out_loss.total.backward()
-            all_reduce_grads(params, ctx)
+            out_loss.total.backward()  # under DDP: gradients averaged over ranks, overlapping backward
             if cfg.optim.clip_grad > 0:
                 norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
                 if not math.isfinite(norm):
-                    raise TrainingDiverged(_diverged_message("gradient norm", norm, step, epoch, last_checkpoint))
+                    raise TrainingDiverged(_diverged_message("gradient norm", norm, step, epoch, out))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            average_buffers(module, ctx)
             step += 1
             window.add(out_loss, waited)
             bar.update(1)
@@ -425,11 +491,13 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     return result
 
 
-def _diverged_message(what: str, value: float, step: int, epoch: int, checkpoint: Path | None) -> str:
+def _diverged_message(what: str, value: float, step: int, epoch: int, out: Path) -> str:
+    """The advice names the newest checkpoint that passes its checksums now, never a damaged one."""
+    checkpoint = latest_intact_checkpoint(out / CHECKPOINT_DIR)
     keep = (
         f"the last good checkpoint {checkpoint} is kept (resume=auto restarts from it)"
         if checkpoint is not None
-        else "no checkpoint was written yet"
+        else "no intact checkpoint is kept"
     )
     return (
         f"the {what} is {value} at step {step + 1} (epoch {epoch}); training stopped and {keep}. "
