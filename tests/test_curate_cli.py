@@ -174,19 +174,19 @@ def test_changed_option_is_refused_then_overwrite_redoes_only_affected_stages(ba
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["ranking"] == "naive"
     row = next(iter(read_archive(out).values()))
-    emb = np.load(out / "emb" / "img_emb" / "img_emb_0.npy")
+    emb = np.load(out / "emb" / "img_emb" / "img_emb_00000.npy")
     assert max(row.scores) <= 1.0 + 1e-6 and emb.shape[0] == len(good)
 
 
 def test_embeddings_disagreeing_with_their_metadata_are_refused_naming_the_file(base_run, tmp_path, capsys):
     data, vocab, good, base = base_run
     out = _copy_run(base, tmp_path / "run")
-    path = out / "emb" / "img_emb" / "img_emb_0.npy"
+    path = out / "emb" / "img_emb" / "img_emb_00000.npy"
     np.save(path, np.load(path)[:-2])
     capsys.readouterr()
     assert _curate(data, vocab, out) == 2
     err = capsys.readouterr().err
-    assert "img_emb_0.npy" in err and "rows" in err
+    assert "img_emb_00000.npy" in err and "rows" in err
 
 
 def test_index_of_another_dimension_is_refused_before_curation(base_run, tmp_path, capsys):
@@ -318,7 +318,7 @@ def test_repeated_key_in_the_embeddings_is_rejected_once_not_curated_twice(base_
     out.mkdir()
     for name in ("emb", "vocab", "index"):
         shutil.copytree(base / name, out / name)
-    meta = out / "emb" / "metadata" / "metadata_0.parquet"
+    meta = out / "emb" / "metadata" / "metadata_00000.parquet"
     table = pq.read_table(meta)
     keys = table.column("image_path").to_pylist()
     keys[5] = keys[3]

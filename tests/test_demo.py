@@ -16,16 +16,23 @@ from cocu.cli import main
 from cocu.demo.metrics import aggregate_seeds, gap_closed, mean_std, score_concepts
 from cocu.demo.pipeline import build_results, format_summary
 from cocu.demo.report import Chip, ClassIoU, GalleryItem, OverlayItem, ReportData, render_report
-from cocu.demo.settings import ROW_NAMES, quick_settings, with_overrides
+from cocu.demo.concepts import PretrainSample
+from cocu.demo.settings import ROW_NAMES, ROWS, TEACHER_DENSE, quick_settings, with_overrides
 from cocu.demo.stages import StageRunner
+from cocu.demo.steps import groupvit_overrides
+from cocu.demo.studies import budget_curve, concept_rates, per_concept, top_l
 
 ROW_KEYS = ("name", "recall", "precision", "sampled_recall", "sampled_precision", "sampled_coverage", "miou",
             "miou_whole_image", "miou_group_bound", "top1")
 EVAL_FIELDS = ("miou", "miou_whole_image", "miou_group_bound", "top1")
 QUICK_TRAINED = ("baseline", "cocu", "oracle")
-# The CI-sized quick demo: --quick with a smaller world and fewer steps so that the test stays near a minute.
+# The CI-sized quick demo: --quick with a smaller world and fewer steps so that the test stays near a minute;
+# budgets 1x and 2x of 3 steps and one extra teacher of 4 steps (the main one trains 8) exercise the studies.
 QUICK_ARGS = ["--quick", "--teacher", "96", "--pretrain", "96", "--val", "6", "--classify", "1",
-              "--clip-steps", "8", "--steps", "5", "--batch-size", "16", "--clip-batch-size", "16"]
+              "--clip-steps", "8", "--steps", "3", "--batch-size", "16", "--clip-batch-size", "16",
+              "--budgets", "1,2", "--teacher-steps", "4"]
+QUICK_STEPS, QUICK_BUDGETS, QUICK_TEACHERS = 3, (1, 2), (4, 8)
+ARCHIVE_ROWS = ("lang", "vision", "vision-t2v", "cocu")
 
 
 # ---------------------------------------------------------------- numbers
@@ -97,6 +104,89 @@ def test_build_results_carries_per_seed_values_mean_std_and_gap(tmp_path):
     assert [g["gap_closed"] for g in res["gap_closed_per_seed"]] == [pytest.approx(0.5), pytest.approx(0.5)]
     assert res["seed"] == 0 and res["seeds"] == [0, 1]
     assert "cocu" in format_summary(res)
+
+
+def test_budget_curve_averages_seeds_per_row_and_budget_and_measures_the_gap_closed():
+    figs = {
+        1: {"baseline": {0: {"miou": 0.1}, 1: {"miou": 0.3}}, "cocu": {0: {"miou": 0.3}, 1: {"miou": 0.3}},
+            "oracle": {0: {"miou": 0.4}, 1: {"miou": 0.4}}},
+        2: {"baseline": {0: {"miou": 0.5}}, "cocu": {0: {"miou": 0.4}}},
+    }
+    curve = budget_curve(figs, 160, ("baseline", "cocu", "oracle"))
+    assert curve["budgets"] == [1, 2] and curve["base_steps"] == 160
+    pts = {(p["row"], p["budget"]): p for p in curve["points"]}
+    assert set(pts) == {("baseline", 1), ("cocu", 1), ("oracle", 1), ("baseline", 2), ("cocu", 2)}
+    assert pts["baseline", 1]["miou"] == pytest.approx(0.2)
+    assert pts["baseline", 1]["std"]["miou"] == pytest.approx(math.sqrt(0.02))
+    assert pts["baseline", 1]["seeds"] == [0, 1] and pts["cocu", 2]["steps"] == 320
+    assert pts["cocu", 1]["gap_closed"] == pytest.approx(0.5)  # (0.3 - 0.2) / (0.4 - 0.2)
+    assert pts["oracle", 1]["gap_closed"] == pytest.approx(1.0) and pts["baseline", 1]["gap_closed"] == 0.0
+    assert pts["cocu", 2]["gap_closed"] is None  # no oracle at budget 2
+    assert pts["cocu", 2]["std"]["miou"] is None  # one seed: no spread
+
+
+class _Vocab:
+    def extract(self, caption: str) -> list[str]:
+        return [w for w in caption.split() if w in ("sky", "dog", "grass")]
+
+
+def test_concept_rates_count_caption_mentions_and_archive_hits_among_images_holding_each_class():
+    from cocu.curation.archive import ArchiveRow
+
+    samples = [
+        PretrainSample("a", "a dog", {"sky": 0.5, "dog": 0.5}),
+        PretrainSample("b", "sky and dog", {"sky": 0.7, "dog": 0.3}),
+        PretrainSample("c", "a dog", {"sky": 1.0}),
+    ]
+    archive = {k: ArchiveRow(k, "", [], [], concepts, [1.0] * len(concepts), [0] * len(concepts))
+               for k, concepts in (("a", ["sky", "dog"]), ("b", ["dog"]))}  # no row for "c": a miss
+    rates = concept_rates(samples, archive, _Vocab(), ["sky", "dog", "grass"])
+    third = pytest.approx(1 / 3)
+    assert rates["sky"] == {"images": 3, "caption_mention_rate": third, "archive_recall": third}
+    assert rates["dog"] == {"images": 2, "caption_mention_rate": 1.0, "archive_recall": 1.0}
+    assert rates["grass"] == {"images": 0, "caption_mention_rate": None, "archive_recall": None}
+    entries = per_concept(rates, {"sky": "stuff"}, {"baseline": {0: {"sky": 0.1}, 1: {"sky": 0.3}},
+                                                     "cocu": {0: {"sky": 0.5}, 1: {"sky": None}}})
+    sky = entries[0]
+    assert sky["kind"] == "stuff" and sky["iou"] == {"baseline": pytest.approx(0.2), "cocu": 0.5}
+    assert sky["gain"] == pytest.approx(0.3)
+    assert entries[1]["kind"] == "?" and entries[1]["gain"] is None
+
+
+def test_top_l_keeps_the_best_ranked_concepts_of_each_row():
+    from cocu.curation.archive import ArchiveRow
+
+    rows = {"a": ArchiveRow("a", "", [], [], ["x", "y", "z"], [3.0, 2.0, 1.0], [0, 1, 0])}
+    assert top_l(rows, 2) == {"a": ["x", "y"]}
+
+
+def test_groupvit_overrides_scale_the_steps_by_the_budget_and_carry_tau(tmp_path):
+    settings = with_overrides(quick_settings(tmp_path), tau=0.5)
+    cocu = next(r for r in ROWS if r.name == "cocu")
+    over = groupvit_overrides(settings, cocu, tmp_path / "m", 0, budget=4)
+    assert f"train.max_steps={4 * settings.groupvit.steps}" in over
+    assert "text.tau=0.5" in over
+    assert not any(o.startswith("text.tau") for o in groupvit_overrides(quick_settings(tmp_path), cocu, tmp_path, 0))
+
+
+def test_demo_cli_sets_the_sampling_study_knobs_and_the_studies(tmp_path):
+    from cocu.cli import build_parser
+    from cocu.cli.demo import _settings
+
+    argv = ["demo", "--out", str(tmp_path), "--quick", "--tau", "0.3", "--labels", "2", "--clusters", "4",
+            "--budgets", "1,2,4", "--teacher-steps", "100,300", "--dense-method", "naclip"]
+    s = _settings(build_parser("demo").parse_args(argv))
+    assert (s.tau, s.num_labels, s.clusters, s.budgets, s.teacher_steps, s.dense_method) == (
+        0.3, 2, 4, (1, 2, 4), (100, 300), "naclip")
+    assert with_overrides(quick_settings(tmp_path), num_labels=2).clusters == 2  # clusters follow L by default
+
+
+@pytest.mark.parametrize("flags, message", [(["--tau", "0"], "tau"), (["--clusters", "0"], "num_clusters"),
+                                            (["--budgets", "1,1"], "budgets")])
+def test_demo_cli_rejects_bad_study_settings_before_any_work(tmp_path, capsys, flags, message):
+    assert main(["demo", "--quick", "--out", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "world").exists()
 
 
 def test_aggregate_seeds_keeps_null_metrics_null():
@@ -262,7 +352,12 @@ def test_quick_demo_writes_the_layout_and_loadable_models(quick_demo):
 @pytest.mark.slow
 def test_quick_demo_results_json_has_every_row_key_and_nulls_where_not_trained(quick_demo):
     res = json.loads((quick_demo / "results.json").read_text())
-    assert [r["name"] for r in res["rows"]] == ["baseline", "lang", "vision", "vision-t2v", "cocu", "oracle"]
+    names = ["baseline", "lang", "vision", "vision-t2v", "cocu", "oracle", TEACHER_DENSE]
+    assert [r["name"] for r in res["rows"]] == names
+    dense = res["rows"].pop()
+    assert dense["trained"] is False and dense["method"] == "maskclip"
+    assert all(dense[k] is None for k in ("recall", "precision", "sampled_recall"))
+    assert all(0.0 <= dense[k] <= 1.0 for k in EVAL_FIELDS)  # the teacher CLIP segments without pre-training
     for r in res["rows"]:
         for key in ROW_KEYS:
             assert key in r, (r["name"], key)
@@ -282,18 +377,73 @@ def test_quick_demo_results_json_has_every_row_key_and_nulls_where_not_trained(q
     assert res["gap_closed"] is None or isinstance(res["gap_closed"], float)
     assert res["settings"]["quick"] is True
     stages = {"synth", "train-clip", "eval-clip", "curate-lang", "curate-vision", "curate-vision-t2v", "curate-cocu",
-              "train-baseline", "eval-baseline", "train-cocu", "train-oracle", "concepts", "report", "total"}
+              "train-baseline", "eval-baseline", "train-cocu", "train-oracle", "concepts", "report", "total",
+              "train-cocu-x2", "eval-oracle-x2", "eval-teacher-dense", "concept-rates", "train-clip-t4",
+              "curate-t4-cocu", "strength-clip", "strength-clip-t4"}
     assert stages <= set(res["timings"])
     assert all(t["seconds"] >= 0 for t in res["timings"].values())
 
 
 @pytest.mark.slow
+def test_quick_demo_budget_curve_has_each_row_at_each_budget(quick_demo):
+    curve = json.loads((quick_demo / "results.json").read_text())["budget_curve"]
+    assert curve["budgets"] == list(QUICK_BUDGETS) and curve["base_steps"] == QUICK_STEPS
+    points = {(p["row"], p["budget"]): p for p in curve["points"]}
+    assert set(points) == {(r, b) for r in QUICK_TRAINED for b in QUICK_BUDGETS}
+    for (name, budget), p in points.items():
+        assert p["steps"] == budget * QUICK_STEPS and p["seeds"] == [0]
+        for key in EVAL_FIELDS:
+            assert 0.0 <= p[key] <= 1.0 and p["std"][key] is None  # one seed: no spread
+        assert "gap_closed" in p
+    assert (quick_demo / "models" / "groupvit-cocu-x2").is_dir()
+    metrics = (quick_demo / "models" / "groupvit-cocu-x2" / "metrics.jsonl").read_text().splitlines()
+    assert max(json.loads(line)["step"] for line in metrics if '"step"' in line) == 2 * QUICK_STEPS
+
+
+@pytest.mark.slow
+def test_quick_demo_per_concept_covers_every_class_of_the_world(quick_demo):
+    res = json.loads((quick_demo / "results.json").read_text())
+    classes = (quick_demo / "world" / "val" / "classes.txt").read_text().split()
+    entries = res["per_concept"]
+    assert [e["name"] for e in entries] == classes
+    for e in entries:
+        assert set(e["iou"]) == set(QUICK_TRAINED)
+        for key in ("caption_mention_rate", "archive_recall"):
+            assert (e[key] is None) == (e["images"] == 0)
+            assert e[key] is None or 0.0 <= e[key] <= 1.0
+        if e["iou"]["cocu"] is not None and e["iou"]["baseline"] is not None:
+            assert e["gain"] == pytest.approx(e["iou"]["cocu"] - e["iou"]["baseline"])
+    assert sum(e["images"] for e in entries) > 0
+
+
+@pytest.mark.slow
+def test_quick_demo_teacher_strength_has_each_teacher_and_curated_row(quick_demo):
+    teachers = json.loads((quick_demo / "results.json").read_text())["teacher_strength"]
+    assert [t["steps"] for t in teachers] == list(QUICK_TEACHERS)
+    assert [t["main"] for t in teachers] == [False, True]
+    for t in teachers:
+        assert 0.0 <= t["top1"] <= 1.0
+        assert list(t["rows"]) == list(ARCHIVE_ROWS)
+        for name, stats in t["rows"].items():
+            for key in ("recall", "precision", "top_l_recall", "top_l_precision", "sampled_recall"):
+                assert 0.0 <= stats[key] <= 1.0, (t["steps"], name, key)
+            if name != "cocu":  # naive sampling feeds exactly the top-L concepts
+                assert stats["top_l_recall"] == pytest.approx(stats["sampled_recall"])
+    assert list((quick_demo / "curation" / "t4" / "cocu" / "curation").glob("archive-*.parquet"))
+
+
+@pytest.mark.slow
 def test_quick_demo_report_is_self_contained_with_tables_and_pictures(quick_demo):
     page = assert_self_contained((quick_demo / "report.html").read_text("utf-8"))
-    assert page.count("table") >= 3
-    assert page.count("img") >= 1 + 4 + 2 * (2 + len(QUICK_TRAINED))  # loss curves, gallery, overlays
+    assert page.count("table") >= 3 + 3  # + budget curve, per concept, teacher strength
+    shown = len(QUICK_TRAINED) + 1  # + teacher-dense
+    assert page.count("img") >= 1 + 4 + 2 * (2 + shown) + 3  # loss, gallery, overlays, the studies' figures
+    alts = [a.get("alt") for t, a in page.tags if t == "img"]
+    for alt in ("mIoU against training budget", "IoU gain against caption mention rate",
+                "curation ablation against teacher strength"):
+        assert alt in alts
     text = "".join(page.text)
-    for name in ROW_NAMES:
+    for name in (*ROW_NAMES, TEACHER_DENSE):
         assert name in text
 
 

@@ -98,9 +98,9 @@ def test_embed_writes_clip_retrieval_layout_and_accounts_for_every_sample(shards
     assert result.embedded == result.new_rows == 7 and result.kept_rows == 0
     assert result.parts_written == [0, 1, 2]
     for i, rows in enumerate([3, 3, 1]):
-        img = np.load(out / "img_emb" / f"img_emb_{i}.npy")
-        txt = np.load(out / "text_emb" / f"text_emb_{i}.npy")
-        meta = pq.read_table(out / "metadata" / f"metadata_{i}.parquet")
+        img = np.load(out / "img_emb" / f"img_emb_{i:05d}.npy")
+        txt = np.load(out / "text_emb" / f"text_emb_{i:05d}.npy")
+        meta = pq.read_table(out / "metadata" / f"metadata_{i:05d}.parquet")
         assert img.shape == txt.shape == (rows, encoder.dim) and img.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
         assert meta.num_rows == rows and meta.column_names[:2] == ["image_path", "caption"]
@@ -128,13 +128,13 @@ def test_embed_rerun_keeps_finished_parts_and_redoes_only_a_broken_one(shards, t
     assert again.embedded == 7 and _mtimes(out) == before
     assert {r["key"] for r in read_rejected(out).to_pylist()} == set(REJECTED)
     first = load_embeddings(out)
-    (out / "metadata" / "metadata_1.parquet").unlink()  # an interrupted part: its metadata never landed
+    (out / "metadata" / "metadata_00001.parquet").unlink()  # an interrupted part: its metadata never landed
     third = embed_dataset(shards, encoder, out, batch_size=4, rows_per_part=3)
     assert third.parts_written == [1] and third.new_rows == 3 and third.kept_rows == 4
     after = _mtimes(out)
-    untouched = {k for k in before if "_1." not in str(k)}
+    untouched = {k for k in before if "_00001." not in str(k)}
     assert untouched and all(after[k] == before[k] for k in untouched)
-    assert (out / "metadata" / "metadata_1.parquet").is_file()
+    assert (out / "metadata" / "metadata_00001.parquet").is_file()
     rebuilt = load_embeddings(out)
     assert rebuilt.keys == first.keys
     np.testing.assert_allclose(rebuilt.image, first.image, atol=1e-6)
@@ -151,7 +151,7 @@ def test_embed_refuses_a_folder_made_with_another_encoder(shards, tmp_path, enco
 def test_float16_embeddings_load_as_unit_float32(shards, tmp_path, encoder):
     out = tmp_path / "emb16"
     embed_dataset(shards, encoder, out, dtype="float16")
-    assert np.load(out / "img_emb" / "img_emb_0.npy").dtype == np.float16
+    assert np.load(out / "img_emb" / "img_emb_00000.npy").dtype == np.float16
     emb = load_embeddings(out)
     assert emb.image.dtype == np.float32 and emb.text.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb.image, axis=1), 1.0, atol=1e-6)

@@ -87,12 +87,12 @@ def test_cityscapes_label_ids_map_to_train_ids():
     assert decode_label(raw, "cityscapes_label_ids").tolist() == [[0, 1, 13, 18, IGNORE, IGNORE, IGNORE]]
 
 
-def test_coco_stuff_raw_ids_map_to_171_classes_and_coco_object_keeps_things():
+def test_coco_stuff_raw_ids_map_to_171_classes_and_coco_object_keeps_things_with_unlabeled_as_background():
     raw = np.array([[0, 10, 12, 11, 90, 91, 181, 255]], dtype=np.uint8)
     stuff = decode_label(raw, "coco_stuff_raw")
     assert stuff.tolist() == [[0, 10, 11, IGNORE, IGNORE, 80, 170, IGNORE]]
     obj = decode_label(raw, "coco_object_raw")
-    assert obj.tolist() == [[1, 11, 12, IGNORE, IGNORE, 0, 0, IGNORE]]
+    assert obj.tolist() == [[1, 11, 12, IGNORE, IGNORE, 0, 0, 0]]  # 255 (unlabeled) -> background, as the reference converter
 
 
 def test_imagenet_s_rgb_ids_and_ignore_1000():

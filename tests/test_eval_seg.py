@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cocu.cli import main
+from cocu.data.transforms import CLIP_MEAN, CLIP_STD
 from cocu.evaluation.benchmarks import get_benchmark
 from cocu.evaluation.datasets import open_dataset
 from cocu.evaluation.encoders import ZeroShotModel
@@ -19,6 +20,7 @@ from cocu.evaluation.seg_eval import SegEvalOptions, evaluate_segmentation
 from cocu.evaluation.segmenter import prepare_image
 from cocu.models.bundle import load_bundle, save_bundle
 from cocu.models.factory import build_groupvit
+from cocu.text.prompts import imagenet_templates
 from cocu.text.tokenizer import byte_level_tokenizer
 
 FAST = ["--short-side", "32", "--crop", "48", "--templates", "simple", "--no-progress"]  # one crop per image
@@ -83,9 +85,9 @@ def make_coco_object(root: Path) -> dict[str, np.ndarray]:
     _image(base / "images" / "val2017" / "000000000139.jpg", 26, 32, 4)
     a = _label(base / "annotations" / "val2017" / "000000000139_instanceTrainIds.png", [0, 80, 255], 26, 32)
     _image(base / "images" / "val2017" / "000000000285.jpg", 28, 24, 5)
-    # raw COCO-Stuff ids: 0 person -> 1, 90 (unused) -> ignore, 91 stuff -> background 0, 255 -> ignore
+    # raw COCO-Stuff ids: 0 person -> 1, 90 (unused) -> ignore, 91 stuff and 255 unlabeled -> background 0
     b = _label(base / "annotations" / "val2017" / "000000000285.png", [0, 90, 91, 255, 89], 28, 24)
-    raw_to_object = {0: 1, 90: -1, 91: 0, 255: -1, 89: 80}
+    raw_to_object = {0: 1, 90: -1, 91: 0, 255: 0, 89: 80}
     return {
         "000000000139": _expected(a, lambda v: -1 if v == 255 else v),
         "000000000285": _expected(b, raw_to_object.get),
@@ -201,12 +203,16 @@ def test_eval_seg_folder_with_80_templates_and_diagnostics(tiny_model_dir, tmp_p
     out = tmp_path / "scores.json"
     preds = tmp_path / "preds"
     argv = ["eval-seg", "--model", str(tiny_model_dir), "--dataset", "folder", "--root", str(tmp_path / "val")]
-    assert main([*argv, "--out", str(out), "--save-predictions", str(preds), "--diagnostics", "--no-progress"]) == 0
+    extra = ["--templates", "imagenet80", "--diagnostics", "--no-progress"]
+    assert main([*argv, "--out", str(out), "--save-predictions", str(preds), *extra]) == 0
     result = json.loads(out.read_text())
     assert list(result["per_class_iou"]) == ["sky", "grass", "red square"]
-    assert result["protocol"] | {"num_templates": 80} == {
+    protocol = result["protocol"]
+    assert protocol["templates"] == list(imagenet_templates())
+    assert {k: v for k, v in protocol.items() if k != "templates"} == {
         "short_side": 64, "max_long_side": None, "crop": 64, "stride": 32, "bg_thresh": None, "top_k": 5,
-        "num_templates": 80,
+        "num_templates": 80, "local_consistency": False, "resize": "bilinear-no-antialias",
+        "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
     }
     assert result["miou"] == pytest.approx(rescore(preds, gts, 3), abs=1e-3)
     for key in ("miou_whole_image", "miou_group_bound"):
@@ -258,7 +264,7 @@ def test_eval_seg_label_beyond_class_count_is_a_clear_error(tiny_model_dir, tmp_
 def test_eval_seg_wrong_layout_or_option_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     make_voc(tmp_path)
     argv = ["eval-seg", "--model", str(tiny_model_dir), "--root", str(tmp_path)]
-    assert main([*argv, "--dataset", "ade20k", *FAST]) == 2
+    assert main([*argv, "--dataset", "ade20k", *FAST]) == 3  # not found under --root: its own exit status
     assert "no annotations/validation/ folder" in capsys.readouterr().err
     make_ade(tmp_path)
     assert main([*argv, "--dataset", "ade20k", "--bg-thresh", "0.5", *FAST]) == 2

@@ -54,9 +54,14 @@ def test_report_dom_holds_the_tables_and_inlined_images(quick_demo, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert _console_errors(run.stderr) == []
     page = parse_page(run.stdout)
-    assert page.count("table") >= 3
+    assert page.count("table") >= 6  # ablation, per-class IoU, settings + budget curve, per concept, teacher strength
     images = [attrs for tag, attrs in page.tags if tag == "img"]
-    assert len(images) >= 5
+    assert len(images) >= 8
     assert all(a.get("src", "").startswith("data:image/png;base64,") for a in images)
+    alts = {a.get("alt") for a in images}
+    assert {"mIoU against training budget", "IoU gain against caption mention rate",
+            "curation ablation against teacher strength"} <= alts
     text = "".join(page.text)
-    assert "Ablation" in text and "GT recall" in text and "cocu" in text
+    assert "Ablation" in text and "GT recall" in text and "cocu" in text and "teacher-dense" in text
+    for heading in ("Training budget", "Where the gain comes from", "Teacher strength"):
+        assert heading in text

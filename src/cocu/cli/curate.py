@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from cocu.cli.embed import add_runtime_arguments
 from cocu.curation.engine import METRIC_SETS
 from cocu.curation.expand import EXPANSIONS
 from cocu.curation.index import DEFAULT_EXACT_MAX, KINDS
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--vocab", help="vocabulary file (one concept a line, `name: alias, ...`; default: built-in)")
     g.add_argument("--batch-size", type=int, default=256, help="embedding batch size (default 256)")
     g.add_argument("--rows-per-part", type=int, default=100_000, help="rows per embedding part (default 100000)")
-    g.add_argument("--device", default="cpu", help="torch device of the encoder (default cpu)")
+    add_runtime_arguments(g)
     g.add_argument("--index-kind", choices=KINDS, default="auto", help="index kind (default auto)")
     g.add_argument("--exact-max", type=int, default=DEFAULT_EXACT_MAX,
                    help=f"auto index: exact search up to this many images (default {DEFAULT_EXACT_MAX})")
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             rows_per_part=args.rows_per_part,
             device=args.device,
+            precision=args.precision,
+            workers=args.workers,
             index_kind=args.index_kind,
             exact_max=args.exact_max,
             write_shards=args.write_shards,

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from cocu.demo.settings import ROW_NAMES, TrainBudget, WorldBudget, full_settings, quick_settings, with_overrides
+from cocu.evaluation.dense_clip import DENSE_METHODS
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -59,7 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--classify", type=int, help="images per thing class in the world's classify split")
     g.add_argument("--size", type=int, help="image side of the world in pixels")
     g.add_argument("--neighbors", type=int, help="N: neighbours per image in the curation's expansion")
-    g.add_argument("--num-labels", type=int, help="L: concepts per image per training step")
+    g.add_argument("--num-labels", "--labels", dest="num_labels", type=int,
+                   help="L: concepts per image per training step (and the curation's clusters unless --clusters)")
+    g.add_argument("--clusters", type=int, help="k-means clusters per image in the curation (default: L)")
+    g.add_argument("--tau", type=float, help="sampling temperature of the curation and training (default: the "
+                   "training config's)")
+    st = p.add_argument_group("studies")
+    st.add_argument("--budgets", type=_int_list, help="budget curve: comma-separated multiples of the GroupViT step "
+                   "count (e.g. 1,2,4); every multiple other than 1 trains baseline, cocu and oracle per seed")
+    st.add_argument("--teacher-steps", type=_int_list, help="teacher strength: comma-separated step counts of extra "
+                   "teacher CLIPs (e.g. 100,300,1000), each curating the archive rows again")
+    st.add_argument("--dense-method", choices=DENSE_METHODS, help="how the teacher-dense row reads the teacher CLIP "
+                   "(default maskclip)")
     g.add_argument("--threads", type=int, help="torch threads for every stage (default 1: fastest on 2 shared cores)")
     g.add_argument("--num-workers", type=int, help="data-loading worker processes per training run (default 1)")
     p.set_defaults(func=run)
@@ -97,6 +109,11 @@ def _settings(args: argparse.Namespace):
         train_rows=args.rows,
         neighbors=args.neighbors,
         num_labels=args.num_labels,
+        num_clusters=args.clusters,
+        tau=args.tau,
+        budgets=args.budgets,
+        teacher_steps=args.teacher_steps,
+        dense_method=args.dense_method,
         threads=args.threads,
         num_workers=args.num_workers,
         force=args.force or None,

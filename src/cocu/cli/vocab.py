@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cocu.cli.embed import add_runtime_arguments
 from cocu.curation.encoder import load_encoder
 from cocu.curation.vocab import load_vocabulary, write_vocab_dir
 
@@ -25,14 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="vocabulary folder (RUN/vocab)")
     p.add_argument("--vocab", help="vocabulary file (default: the benchmark class names)")
     p.add_argument("--batch-size", type=int, default=256, help="prompts encoded at once (default 256)")
-    p.add_argument("--device", default="cpu", help="torch device of the encoder (default cpu)")
+    add_runtime_arguments(p, workers=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         vocab = load_vocabulary(args.vocab)
-        encoder = load_encoder(args.encoder, device=args.device, batch_size=args.batch_size)
+        encoder = load_encoder(args.encoder, device=args.device, batch_size=args.batch_size, precision=args.precision)
         out = write_vocab_dir(vocab, encoder, args.out)
     except (ValueError, FileNotFoundError) as err:
         print(f"cocu vocab: error: {err}", file=sys.stderr)

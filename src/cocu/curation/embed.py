@@ -1,39 +1,52 @@
 """Embed a dataset's images and captions with the frozen CLIP, in clip-retrieval's folder layout.
 
-``EMB_DIR/img_emb/img_emb_{i}.npy``, ``EMB_DIR/text_emb/text_emb_{i}.npy`` and
-``EMB_DIR/metadata/metadata_{i}.parquet`` (columns ``image_path`` = the sample key, ``caption``, and
+``EMB_DIR/img_emb/img_emb_{i:05d}.npy``, ``EMB_DIR/text_emb/text_emb_{i:05d}.npy`` and
+``EMB_DIR/metadata/metadata_{i:05d}.parquet`` (columns ``image_path`` = the sample key, ``caption``, and
 ``true_concepts`` list<string> when the samples' json member has ``concepts``) are row-aligned parts of
-at most ``rows_per_part`` rows, L2-normalised, float32 (or float16). Folders made by clip-retrieval load
-with :func:`load_embeddings`, and ours can be given to clip-retrieval's indexing.
+at most ``rows_per_part`` rows, L2-normalised, float32 (or float16). Part names are zero-padded so that
+name order is row order (for tools that list a folder by name); folders with unpadded names (older cocu,
+other writers) are still read and resumed, parts always ordered by their integer number. Folders made by
+clip-retrieval load with :func:`load_embeddings`, and ours can be given to clip-retrieval's indexing.
+
+Images are decoded, EXIF-fixed and preprocessed in DataLoader worker processes
+(:mod:`cocu.curation.embed_loader`) while the model encodes the previous batch; the result is identical
+for any number of workers.
 
 Each part is written atomically (image, text, then metadata last: a part is finished when all three
 exist), so an interrupted run resumes: samples whose keys are in finished parts are not decoded or
-encoded again and the finished files are left untouched. Every sample is either embedded or rejected
-with a reason (``EMB_DIR/rejected.parquet``: ``key``, ``source``, ``reason``, ``detail``); the reader's
-skips and the undecodable images are both counted there. ``EMB_DIR/embed_info.json`` records the
-encoder, dimension, dtype and counts.
+encoded again and the finished files are left untouched, but their captions are checked against the data
+(a different caption means the folder was made from other data: an error naming the file and
+``--overwrite``). ``EMB_DIR/embed_info.json`` records the encoder, dimension, dtype, precision, counts and
+a fingerprint of every input file (size, mtime, SHA-256 of its first and last 64 KiB); a rerun whose
+input file's content fingerprint changed is refused the same way. Every sample is either embedded or
+rejected with a reason (``EMB_DIR/rejected.parquet``: ``key``, ``source``, ``reason``, ``detail``). A
+write that fails (disk full, read-only folder) ends with one :class:`EmbedOutputError` line and leaves
+no partial file; stale temporary files of a killed run are removed when the next run starts.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import errno
+import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
+from cocu.curation.embed_loader import SampleBatches, batch_loader, default_workers
 from cocu.data import skips as reasons
-from cocu.data.reader import Sample, iter_samples
+from cocu.data.reader import resolve_sources
 from cocu.data.skips import SkipCounter
-from cocu.data.transforms import exif_to_rgb
 from cocu.utils.atomic import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
@@ -45,21 +58,63 @@ IMG_DIR, TEXT_DIR, META_DIR = "img_emb", "text_emb", "metadata"
 REJECTED_FILE = "rejected.parquet"
 INFO_FILE = "embed_info.json"
 DTYPES = {"float32": np.float32, "float16": np.float16}
+PART_DIGITS = 5
+FINGERPRINT_BLOCK = 64 * 1024
 MEMBER_REASONS = frozenset({reasons.UNEXPECTED_MEMBER, reasons.BAD_JSON})
 """Skips that drop a member but keep the sample (so they are not rejections)."""
 _PART = re.compile(r"^img_emb_(\d+)\.npy$")
+_OWN_NAMES = r"(img_emb_\d+\.npy|text_emb_\d+\.npy|metadata_\d+\.parquet|embed_info\.json|rejected\.parquet)"
+_OWN_FILE = re.compile(rf"^{_OWN_NAMES}$")
+_STALE_TEMP = re.compile(rf"^\.{_OWN_NAMES}\..+\.tmp$")
+"""A temporary file of :func:`cocu.utils.atomic.atomic_path` for one of the folder's files."""
+
+
+def _suffix(part: str | int) -> str:
+    """An int part number is zero-padded; a string is the suffix as spelled in an existing file name."""
+    return f"{part:0{PART_DIGITS}d}" if isinstance(part, int) else part
 
 
 def img_path(out: Path, part: str | int) -> Path:
-    return out / IMG_DIR / f"img_emb_{part}.npy"
+    return out / IMG_DIR / f"img_emb_{_suffix(part)}.npy"
 
 
 def text_path(out: Path, part: str | int) -> Path:
-    return out / TEXT_DIR / f"text_emb_{part}.npy"
+    return out / TEXT_DIR / f"text_emb_{_suffix(part)}.npy"
 
 
 def meta_path(out: Path, part: str | int) -> Path:
-    return out / META_DIR / f"metadata_{part}.parquet"
+    return out / META_DIR / f"metadata_{_suffix(part)}.parquet"
+
+
+class EmbedOutputError(ValueError):
+    """The embedding folder cannot be written (disk full, read-only, permissions); nothing partial is left."""
+
+
+def _write_advice(err: OSError, out: Path) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) or (err.errno is None and "requested and" in str(err)):
+        try:
+            free = f" ({shutil.disk_usage(out).free / 2**20:.0f} MiB free there now)"
+        except OSError:
+            free = ""
+        return f"the disk holding {out} is full{free}: free some space or choose another --out"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{out} is not writable: make it writable or choose another --out"
+    return f"check {out} or choose another --out"
+
+
+@contextlib.contextmanager
+def _writing(path: Path, out: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into one :class:`EmbedOutputError` line (what, where, what to do)."""
+    try:
+        yield
+    except EmbedOutputError:
+        raise
+    except OSError as err:
+        why = err.strerror or str(err)
+        raise EmbedOutputError(
+            f"cannot write {path}: {why}; {_write_advice(err, out)}, then rerun the same command "
+            "(finished parts are kept, nothing partial was left)"
+        ) from err
 
 
 class RecordingSkips(SkipCounter):
@@ -109,19 +164,26 @@ class EmbedResult:
         }
 
 
-def _true_concepts(meta: dict | None) -> list[str] | None:
-    if not meta or "concepts" not in meta:
-        return None
-    value = meta["concepts"]
-    if isinstance(value, dict):
-        return [str(name) for name in value]
-    if isinstance(value, (list, tuple)):
-        return [str(name) for name in value]
-    return None
+def source_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """``size``, ``mtime_ns`` and ``head_tail_sha256`` (of the first and last 64 KiB) of an input file."""
+    p = Path(path)
+    size = p.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BLOCK))
+        if size > FINGERPRINT_BLOCK:
+            handle.seek(max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK))
+            digest.update(handle.read(FINGERPRINT_BLOCK))
+    return {"size": size, "mtime_ns": p.stat().st_mtime_ns, "head_tail_sha256": digest.hexdigest()}
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Content identity only: a copied or touched file (new mtime, same bytes) is the same input."""
+    return (a.get("size"), a.get("head_tail_sha256")) == (b.get("size"), b.get("head_tail_sha256"))
+
+
+def _save_npy(path: Path, array: np.ndarray, out: Path) -> None:
+    with _writing(path, out), atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
 
@@ -156,30 +218,38 @@ class _PartWriter:
             self.next_index += 1
         index = self.next_index
         self.next_index += 1
-        _save_npy(img_path(self.out, index), image[:count].astype(self.dtype))
-        _save_npy(text_path(self.out, index), text[:count].astype(self.dtype))
+        _save_npy(img_path(self.out, index), image[:count].astype(self.dtype), self.out)
+        _save_npy(text_path(self.out, index), text[:count].astype(self.dtype), self.out)
         columns: dict[str, pa.Array] = {
             "image_path": pa.array([r["key"] for r in rows], pa.string()),
             "caption": pa.array([r["caption"] for r in rows], pa.string()),
         }
         if any(r["true_concepts"] is not None for r in rows):
             columns["true_concepts"] = pa.array([r["true_concepts"] for r in rows], pa.list_(pa.string()))
-        with atomic_path(meta_path(self.out, index)) as tmp:
+        path = meta_path(self.out, index)
+        with _writing(path, self.out), atomic_path(path) as tmp:
             pq.write_table(pa.table(columns), tmp)
         self.written.append(index)
         logger.info("wrote part %d (%d rows)", index, count)
 
 
 def _part_indices(out: Path) -> dict[int, str]:
-    """Part number -> its suffix as spelled in the file name (clip-retrieval may zero-pad)."""
+    """Part number -> its suffix as spelled in the file name (zero-padded or not), in number order."""
     folder = out / IMG_DIR
     if not folder.is_dir():
         return {}
     found: dict[int, str] = {}
     for path in folder.iterdir():
         match = _PART.match(path.name)
-        if match is not None:
-            found[int(match.group(1))] = match.group(1)
+        if match is None:
+            continue
+        number = int(match.group(1))
+        if number in found:
+            raise ValueError(
+                f"{folder} holds two parts numbered {number} (img_emb_{found[number]}.npy and {path.name}): "
+                "delete the one that does not belong, or embed again into a new folder"
+            )
+        found[number] = match.group(1)
     return dict(sorted(found.items()))
 
 
@@ -187,43 +257,99 @@ def _npy_rows(path: Path) -> int:
     return int(np.load(path, mmap_mode="r").shape[0])
 
 
-def _finished_parts(out: Path) -> dict[int, list[str]]:
-    """Finished parts of an earlier run (all three files present, row counts agreeing) -> their keys."""
-    finished: dict[int, list[str]] = {}
+def _finished_parts(out: Path) -> tuple[dict[int, dict[str, str | None]], list[str]]:
+    """Finished parts of an earlier run (all three files present, row counts agreeing) -> {key: caption
+    (``None``: the part has no caption column)}, and the suffixes of the unfinished ones."""
+    finished: dict[int, dict[str, str | None]] = {}
+    unfinished: list[str] = []
     for index, suffix in _part_indices(out).items():
         files = (img_path(out, suffix), text_path(out, suffix), meta_path(out, suffix))
         if not all(f.is_file() for f in files):
             logger.warning("part %s is incomplete (a file is missing); it will be written again", suffix)
+            unfinished.append(suffix)
             continue
-        keys = pq.read_table(files[2], columns=["image_path"]).column("image_path").to_pylist()
+        wanted = [c for c in ("image_path", "caption") if c in pq.read_schema(files[2]).names]
+        table = pq.read_table(files[2], columns=wanted)
+        keys = table.column("image_path").to_pylist()
         if not (_npy_rows(files[0]) == _npy_rows(files[1]) == len(keys)):
             logger.warning("part %s has disagreeing row counts; it will be written again", suffix)
+            unfinished.append(suffix)
             continue
-        finished[index] = keys
-    return finished
+        if "caption" in wanted:
+            captions = ["" if c is None else str(c) for c in table.column("caption").to_pylist()]
+        else:  # a folder written without captions: nothing to check the data against
+            captions = [None] * len(keys)
+        finished[index] = dict(zip((str(k) for k in keys), captions))
+    return finished, unfinished
 
 
-def _check_info(out: Path, encoder_spec: str, dim: int, dtype: str) -> None:
+def _read_info(out: Path) -> dict[str, Any]:
     info_file = out / INFO_FILE
-    if not info_file.is_file():
+    return json.loads(info_file.read_text("utf-8")) if info_file.is_file() else {}
+
+
+def _check_info(info: dict[str, Any], out: Path, encoder: FrozenClip, dtype: str) -> None:
+    if not info:
         return
-    info = json.loads(info_file.read_text("utf-8"))
     theirs = (info.get("encoder"), info.get("dim"), info.get("dtype"))
-    if theirs != (encoder_spec, dim, dtype):
+    if theirs != (encoder.spec, encoder.dim, dtype):
         raise ValueError(
             f"{out} holds embeddings made with encoder {theirs[0]!r} (dim {theirs[1]}, {theirs[2]}), not "
-            f"{encoder_spec!r} (dim {dim}, {dtype}); use another --out folder or delete {out} to start over"
+            f"{encoder.spec!r} (dim {encoder.dim}, {dtype}); use another --out folder, or --overwrite to start over"
+        )
+    if info.get("precision", "fp32") != encoder.precision:
+        logger.warning(
+            "%s was embedded at precision %s and is continued at %s: rows of the two differ slightly",
+            out, info.get("precision", "fp32"), encoder.precision,
         )
 
 
-def _decode(sample: Sample, skips: SkipCounter) -> Image.Image | None:
-    try:
-        img = Image.open(io.BytesIO(sample.image_bytes))
-        img.load()
-        return exif_to_rgb(img)
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, bombs)
-        skips.add(reasons.CORRUPT_IMAGE, sample.key, sample.source, f"{type(exc).__name__}: {exc}")
-        return None
+def _check_sources(info: dict[str, Any], out: Path, current: dict[str, dict[str, Any]]) -> None:
+    recorded = info.get("sources", {})
+    for source, fingerprint in current.items():
+        if source in recorded and not _same_content(recorded[source], fingerprint):
+            raise ValueError(
+                f"{source} changed since {out} was embedded from it (size or content differs): the kept rows "
+                f"may not match it. Rerun with --overwrite to embed the data again from scratch, or use another --out"
+            )
+
+
+def _remove_files(out: Path, pattern: re.Pattern[str], what: str) -> int:
+    removed = 0
+    for folder in (out, out / IMG_DIR, out / TEXT_DIR, out / META_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if pattern.match(path.name) and path.is_file():
+                with _writing(path, out):
+                    path.unlink()
+                removed += 1
+    if removed:
+        logger.info("removed %d %s in %s", removed, what, out)
+    return removed
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> None:
+    """Create the folder; remove temporary files a killed run left (and, with ``overwrite``, every earlier part)."""
+    for sub in (IMG_DIR, TEXT_DIR, META_DIR):
+        with _writing(out / sub, out):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    _remove_files(out, _STALE_TEMP, "stale temporary file(s) of an interrupted run")
+    if overwrite:
+        _remove_files(out, _OWN_FILE, "file(s) of the earlier embedding (--overwrite)")
+
+
+def _mismatch_error(out: Path, mismatch: dict[str, str]) -> ValueError:
+    return ValueError(
+        f"{out} holds key {mismatch['key']!r} with caption {mismatch['stored']!r}, but {mismatch['source']} gives "
+        f"{mismatch['caption']!r}: the folder was embedded from other data. Rerun with --overwrite to embed this "
+        "data from scratch, or use another --out"
+    )
+
+
+def _write_info(out: Path, info: dict[str, Any]) -> None:
+    with _writing(out / INFO_FILE, out):
+        atomic_write_json(out / INFO_FILE, info)
 
 
 def embed_dataset(
@@ -235,66 +361,69 @@ def embed_dataset(
     rows_per_part: int = 100_000,
     skips: SkipCounter | None = None,
     dtype: str = "float32",
+    workers: int | None = None,
+    overwrite: bool = False,
 ) -> EmbedResult:
     """Embed every usable sample of ``data_spec`` with ``encoder`` (a :class:`~cocu.curation.encoder.FrozenClip`)
-    into ``out_dir`` (see the module docstring); resumes an interrupted run in the same folder."""
+    into ``out_dir`` (see the module docstring); resumes an interrupted run in the same folder, or starts
+    over with ``overwrite``. ``workers``: DataLoader processes that decode and preprocess (``None``:
+    :func:`~cocu.curation.embed_loader.default_workers`; 0: in this process); the result does not depend on it.
+    Raises ``ValueError`` for a folder made with another encoder or from other data, and
+    :class:`EmbedOutputError` when the folder cannot be written."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1 or rows_per_part < 1:
         raise ValueError("batch_size and rows_per_part must be positive")
+    workers = default_workers() if workers is None else workers
     out = Path(out_dir)
-    _check_info(out, encoder.spec, encoder.dim, dtype)
-    for sub in (IMG_DIR, TEXT_DIR, META_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    if not (out / INFO_FILE).is_file():
-        atomic_write_json(out / INFO_FILE, {"encoder": encoder.spec, "dim": encoder.dim, "dtype": dtype})
-    finished = _finished_parts(out)
-    done_keys = {key for keys in finished.values() for key in keys}
+    sources = {os.path.abspath(src): source_fingerprint(src) for src in resolve_sources(data_spec)}
+    _prepare_folder(out, overwrite)
+    info = _read_info(out)
+    _check_info(info, out, encoder, dtype)
+    finished, unfinished = _finished_parts(out)
     if finished:
-        logger.info("resuming: %d finished part(s) with %d rows are kept", len(finished), len(done_keys))
+        _check_sources(info, out, sources)
+    for suffix in unfinished:  # rewritten under the padded name, which may differ from the old spelling
+        for path in (img_path(out, suffix), text_path(out, suffix), meta_path(out, suffix)):
+            with _writing(path, out):
+                path.unlink(missing_ok=True)
+    identity = {"encoder": encoder.spec, "dim": encoder.dim, "dtype": dtype, "precision": encoder.precision}
+    known_sources = {**info.get("sources", {}), **sources}
+    _write_info(out, {**info, **identity, "sources": known_sources})
+    done = {key: caption for part in finished.values() for key, caption in part.items()}
+    if finished:
+        logger.info("resuming: %d finished part(s) with %d rows are kept", len(finished), len(done))
     recorder = RecordingSkips()
     writer = _PartWriter(out, rows_per_part, DTYPES[dtype], set(finished))
-    images: list[Image.Image] = []
-    rows: list[dict[str, Any]] = []
+    dataset = SampleBatches(data_spec, encoder.preprocess, batch_size, done)
     kept = new = 0
-
-    def encode_batch() -> None:
-        image_emb = encoder.encode_images(images)  # [b,d]
-        text_emb = encoder.encode_texts([r["caption"] for r in rows])  # [b,d]
-        writer.add(image_emb, text_emb, list(rows))
-        images.clear()
-        rows.clear()
-
-    progress = tqdm(desc=f"embed {out.name}", unit="sample", dynamic_ncols=True)
-    for sample in iter_samples(data_spec, decode_images=False, skips=recorder):
-        progress.update(1)
-        if sample.key in done_keys:
-            kept += 1
-            continue
-        image = _decode(sample, recorder)
-        if image is None:
-            continue
-        images.append(image)
-        rows.append({"key": sample.key, "caption": sample.caption, "true_concepts": _true_concepts(sample.meta)})
-        new += 1
-        if len(images) >= batch_size:
-            encode_batch()
-    if images:
-        encode_batch()
-    writer.flush()
-    progress.close()
-    if kept != len(done_keys):
+    with tqdm(desc=f"embed {out.name}", unit="sample", dynamic_ncols=True) as progress:
+        for unit in batch_loader(dataset, workers, pin_memory=encoder.device.type == "cuda"):
+            if unit["mismatches"]:
+                raise _mismatch_error(out, unit["mismatches"][0])
+            for record in unit["records"]:
+                recorder.add(record["reason"], record["key"], record["source"], record["detail"])
+            rows = unit["rows"]
+            if rows:
+                image_emb = encoder.encode_pixels(unit["pixels"])  # [b,d]
+                text_emb = encoder.encode_texts([r["caption"] for r in rows])  # [b,d]
+                writer.add(image_emb, text_emb, rows)
+            kept += unit["kept"]
+            new += len(rows)
+            progress.update(unit["kept"] + len(rows) + len(unit["records"]))
+        writer.flush()
+    if kept != len(done):
         logger.warning(
             "%d row(s) of the finished parts were not found in the data this time (the data changed?); "
             "they stay in %s",
-            len(done_keys) - kept,
+            len(done) - kept,
             out,
         )
     rejections = recorder.rejections()
     table = pa.table(
         {name: pa.array([r[name] for r in rejections], pa.string()) for name in ("key", "source", "reason", "detail")}
     )
-    with atomic_path(out / REJECTED_FILE) as tmp:
+    with _writing(out / REJECTED_FILE, out), atomic_path(out / REJECTED_FILE) as tmp:
         pq.write_table(table, tmp)
     rejected: dict[str, int] = {}
     for r in rejections:
@@ -304,19 +433,15 @@ def embed_dataset(
     result = EmbedResult(
         out_dir=out,
         dim=encoder.dim,
-        embedded=len(done_keys) + new,
+        embedded=len(done) + new,
         new_rows=new,
-        kept_rows=len(done_keys),
+        kept_rows=len(done),
         parts_written=writer.written,
         parts_kept=sorted(finished),
         rejected=dict(sorted(rejected.items())),
         skips=recorder,
     )
-    atomic_write_json(
-        out / INFO_FILE,
-        {"encoder": encoder.spec, "dim": encoder.dim, "dtype": dtype, "rows_per_part": rows_per_part,
-         **result.summary()},
-    )
+    _write_info(out, {**identity, "rows_per_part": rows_per_part, **result.summary(), "sources": known_sources})
     return result
 
 

@@ -9,10 +9,15 @@ An encoder spec names it:
 - ``random:NAME`` or ``random:NAME@SEED``: a CLIP built from the named config in
   ``cocu/models/configs`` with seeded random weights (seed 0 by default) and the byte-level tokenizer.
   For tests and plumbing only: its embeddings carry no meaning.
+
+Device ``auto`` (the default) is CUDA when present (under torchrun this rank's ``LOCAL_RANK`` GPU), else the
+CPU. On CUDA the towers run under float16 or bfloat16 autocast (``precision``; default ``bf16`` on CUDA,
+``fp32`` on the CPU); the returned rows are always float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +36,31 @@ logger = logging.getLogger(__name__)
 
 RANDOM_PREFIX = "random:"
 DEFAULT_BATCH_SIZE = 64
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``auto`` and a bare ``cuda`` pick this process's GPU
+    (``LOCAL_RANK`` under torchrun); anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if device in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda was asked for but CUDA is not available; use --device cpu or auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``None``: ``bf16`` on CUDA, ``fp32`` elsewhere; otherwise checked against :data:`PRECISIONS`."""
+    if precision is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def _features(output: torch.Tensor | object) -> torch.Tensor:
@@ -52,7 +82,8 @@ def _normalised(x: torch.Tensor) -> np.ndarray:
 @dataclass
 class FrozenClip:
     """A CLIP in eval mode with its tokenizer and image preprocessing; all encoding runs under
-    ``torch.inference_mode`` in batches of ``batch_size`` and returns float32 L2-normalised rows."""
+    ``torch.inference_mode`` (and autocast to ``precision`` unless ``fp32``) in batches of ``batch_size``
+    and returns float32 L2-normalised rows."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -61,17 +92,24 @@ class FrozenClip:
     device: torch.device
     max_text_length: int
     batch_size: int = DEFAULT_BATCH_SIZE
+    precision: str = "fp32"
 
     @property
     def dim(self) -> int:
         return int(self.model.config.projection_dim)
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed images ``[n,3,H,W]`` -> ``[n,d]`` float32, L2-normalised."""
         out = np.empty((pixels.shape[0], self.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, pixels.shape[0], self.batch_size):
-                batch = pixels[start : start + self.batch_size].to(self.device)  # [b,3,H,W]
+                batch = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)  # [b,3,H,W]
                 feats = self.model.get_image_features(pixel_values=batch)
                 out[start : start + batch.shape[0]] = _normalised(_features(feats))
         return out
@@ -88,7 +126,7 @@ class FrozenClip:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> ``[n,d]`` float32, L2-normalised; texts longer than the context are truncated."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(texts), self.batch_size):
                 chunk = list(texts[start : start + self.batch_size])
                 tokens = self.tokenizer(
@@ -99,8 +137,8 @@ class FrozenClip:
                     return_tensors="pt",
                 )
                 feats = self.model.get_text_features(
-                    input_ids=tokens["input_ids"].to(self.device),  # [b,L]
-                    attention_mask=tokens["attention_mask"].to(self.device),  # [b,L]
+                    input_ids=tokens["input_ids"].to(self.device, non_blocking=True),  # [b,L]
+                    attention_mask=tokens["attention_mask"].to(self.device, non_blocking=True),  # [b,L]
                 )
                 out[start : start + len(chunk)] = _normalised(_features(feats))
         return out
@@ -175,9 +213,18 @@ def resolve_checkpoint(spec: str) -> Path:
     return snapshot
 
 
-def load_encoder(spec: str, device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> FrozenClip:
-    """Load the frozen CLIP named by ``spec`` (see the module docstring) in eval mode."""
-    dev = torch.device(device)
+def load_encoder(
+    spec: str,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str | None = None,
+) -> FrozenClip:
+    """Load the frozen CLIP named by ``spec`` (see the module docstring) in eval mode on ``device``
+    (:func:`resolve_device`), encoding at ``precision`` (:func:`resolve_precision`)."""
+    dev = resolve_device(device)
+    chosen = resolve_precision(precision, dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # pinned batches and kernels land on this rank's GPU, not GPU 0
     if spec.startswith(RANDOM_PREFIX):
         encoder = _random_clip(spec, dev)
     else:
@@ -196,7 +243,10 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", batch_size: int 
         max_len = int(bundle.model.config.text_config.max_position_embeddings)
         encoder = FrozenClip(bundle.model, bundle.tokenizer, bundle.preprocess, spec, dev, max_len)
     encoder.batch_size = batch_size
+    encoder.precision = chosen
     for param in encoder.model.parameters():
         param.requires_grad_(False)
-    logger.info("encoder %s: dim %d, image size %d", spec, encoder.dim, encoder.preprocess.size)
+    logger.info(
+        "encoder %s: dim %d, image size %d, on %s (%s)", spec, encoder.dim, encoder.preprocess.size, dev, chosen
+    )
     return encoder

@@ -83,11 +83,13 @@ class CurateConfig:
     write_shards: bool = False
     samples_per_shard: int = 1000
     batch_size: int = 256
-    device: str = "cpu"
+    device: str = "auto"
+    precision: str | None = None
+    workers: int | None = None
     threads: int | None = None
     overwrite: bool = False
 
-    RUNTIME_FIELDS = frozenset({"batch_size", "device", "threads", "overwrite"})
+    RUNTIME_FIELDS = frozenset({"batch_size", "device", "precision", "workers", "threads", "overwrite"})
 
     def params(self) -> CurationParams:
         return CurationParams(
@@ -472,7 +474,7 @@ def curate(data_spec: str | Sequence[str], encoder_spec: str, run_dir: str | Pat
         if encoder is None:
             from cocu.curation.encoder import load_encoder
 
-            encoder = load_encoder(encoder_spec, device=cfg.device, batch_size=cfg.batch_size)
+            encoder = load_encoder(encoder_spec, device=cfg.device, batch_size=cfg.batch_size, precision=cfg.precision)
         return encoder
 
     rank_part = f"-{ranks.rank}" if ranks.world > 1 else ""
@@ -480,7 +482,8 @@ def curate(data_spec: str | Sequence[str], encoder_spec: str, run_dir: str | Pat
     if not state.is_done("emb", [my_emb], rank_part):
         sources = ranks.share(resolve_sources(data_spec))
         result = emb_mod.embed_dataset(
-            sources, get_encoder(), my_emb, batch_size=cfg.batch_size, rows_per_part=cfg.rows_per_part
+            sources, get_encoder(), my_emb, batch_size=cfg.batch_size, rows_per_part=cfg.rows_per_part,
+            workers=cfg.workers,
         )
         state.mark_done("emb", result.summary(), rank_part)
     ranks.barrier()

@@ -24,6 +24,13 @@ logger = logging.getLogger(__name__)
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": (CLIP_MEAN, CLIP_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+"""Named (mean, std) pairs: CLIP's, and ImageNet's (what GroupViT and CoCu train and evaluate with)."""
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -1,4 +1,5 @@
-"""Gather what the report shows from a demo folder: loss curves, gallery, overlays, per-class IoU.
+"""Gather what the report shows from a demo folder: loss curves, gallery, overlays, per-class IoU and the
+studies' figures (budget curve, per-concept gains, teacher strength).
 
 Everything here reads files the stages wrote (metrics.jsonl, archives, shards, val labels, saved
 predictions, eval JSON); no model runs at report time.
@@ -15,15 +16,15 @@ import numpy as np
 from PIL import Image
 
 from cocu.demo import figures
-from cocu.demo.pipeline import eval_paths, model_dir
+from cocu.demo.paths import class_kinds, class_names, eval_paths, model_dir
 from cocu.demo.report import Chip, ClassIoU, GalleryItem, OverlayItem, ReportData
-from cocu.demo.settings import DemoSettings, row
+from cocu.demo.settings import TEACHER_DENSE, DemoSettings, row
 from cocu.demo.steps import row_train_config, world_dirs
 
 logger = logging.getLogger(__name__)
 
 CURVE_ROWS = ("baseline", "cocu", "oracle")
-OVERLAY_ROWS = ("baseline", "cocu", "oracle")
+OVERLAY_ROWS = ("baseline", "cocu", "oracle", TEACHER_DENSE)
 GALLERY_ROW = "cocu"
 IMAGE_SIDE = 192
 ALPHA = 0.7
@@ -94,15 +95,6 @@ def _one_draw(arch: Any, settings: DemoSettings, sampling: str, tau: float) -> s
     return set(sample_concepts(arch, settings.num_labels, sampling, tau, rng))
 
 
-def _class_kinds(world_json: Path) -> dict[str, str]:
-    raw = json.loads(world_json.read_text("utf-8"))
-    return {c["name"]: c["kind"] for c in raw.get("concepts", [])}
-
-
-def _class_names(val_dir: Path) -> list[str]:
-    return [line.strip() for line in (val_dir / "classes.txt").read_text("utf-8").splitlines() if line.strip()]
-
-
 def _colours(n: int) -> np.ndarray:
     """The synthetic world's own class colours (sky blue, grass green, ...) when they cover ``n`` classes."""
     from cocu.synth.contact import PALETTE
@@ -128,7 +120,7 @@ def _val_meta(val: Path) -> dict[str, dict]:
 def _overlays(settings: DemoSettings, trained: list[str]) -> tuple[list[OverlayItem], list]:
     dirs = world_dirs(settings.out)
     val = dirs["val"]
-    names = _class_names(val)
+    names = class_names(val)
     colours = _colours(len(names))
     keys = [k.strip() for k in (val / "ImageSets" / "Segmentation" / "val.txt").read_text("utf-8").splitlines()]
     keys = [k for k in keys if k][: settings.overlays]
@@ -165,13 +157,13 @@ def _overlays(settings: DemoSettings, trained: list[str]) -> tuple[list[OverlayI
 
 def _class_iou(settings: DemoSettings, trained: list[str]) -> list[ClassIoU]:
     dirs = world_dirs(settings.out)
-    kinds = _class_kinds(dirs["world_json"])
+    kinds = class_kinds(dirs["world_json"])
     per_model = {}
     for name in trained:
         raw = json.loads(eval_paths(settings.out, name)[0].read_text("utf-8"))
         per_model[name] = raw.get("seg", {}).get("per_class_iou", {})
     out = []
-    for cls in _class_names(dirs["val"]):
+    for cls in class_names(dirs["val"]):
         out.append(ClassIoU(
             name=cls,
             kind=kinds.get(cls, "?"),
@@ -183,19 +175,27 @@ def _class_iou(settings: DemoSettings, trained: list[str]) -> list[ClassIoU]:
 def build_report_data(settings: DemoSettings, results: dict[str, Any]) -> ReportData:
     """Everything :func:`cocu.demo.report.render_report` needs, read from ``settings.out``."""
     trained = [r["name"] for r in results["rows"] if r["trained"]]
-    overlays, legend = _overlays(settings, trained)
+    dense = [r["name"] for r in results["rows"] if r["name"] == TEACHER_DENSE and r.get("miou") is not None]
+    evaluated = trained + dense
+    overlays, legend = _overlays(settings, evaluated)
     notes = []
     if settings.quick:
         notes.append("Quick run: tiny world and budgets; the numbers only show that every stage runs.")
     if len(settings.seeds) > 1:
         notes.append(f"Pictures and per-class IoU show seed {settings.seed}; the table averages "
                      f"{len(settings.seeds)} seeds.")
+    curve = (results.get("budget_curve") or {}).get("points") or []
+    concepts = results.get("per_concept") or []
+    strength = results.get("teacher_strength") or []
     return ReportData(
         results=results,
         loss_png=_loss_curves(settings, trained),
         gallery=_gallery(settings),
         overlays=overlays,
         legend=legend,
-        class_iou=_class_iou(settings, trained),
+        class_iou=_class_iou(settings, evaluated),
         notes=notes,
+        budget_png=figures.budget_curve_png(curve) if curve else None,
+        concept_png=figures.concept_gain_png(concepts) if any(e.get("gain") is not None for e in concepts) else None,
+        strength_png=figures.teacher_strength_png(strength) if strength else None,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from cocu.demo.figures import data_uri
-from cocu.demo.settings import ROWS
+from cocu.demo.settings import ROWS, TEACHER_DENSE
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -102,6 +102,9 @@ class ReportData:
     legend: list[tuple[str, tuple[int, int, int]]] = field(default_factory=list)
     class_iou: list[ClassIoU] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    budget_png: bytes | None = None
+    concept_png: bytes | None = None
+    strength_png: bytes | None = None
 
 
 def _e(text: Any) -> str:
@@ -144,6 +147,7 @@ def _headline(results: dict[str, Any]) -> str:
         stat("zero-shot mIoU: baseline", pct("baseline", "miou")),
         stat("zero-shot mIoU: CoCu", pct("cocu", "miou")),
         stat("zero-shot mIoU: oracle", pct("oracle", "miou")),
+        stat("zero-shot mIoU: teacher CLIP read densely, no pre-training", pct(TEACHER_DENSE, "miou")),
         stat("baseline-to-oracle gap closed by CoCu", "&mdash;" if gap is None else f"{100 * gap:.0f}%"),
     ]
     return '<div class="headline">' + "".join(parts) + "</div>"
@@ -173,11 +177,12 @@ def _ablation_table(results: dict[str, Any]) -> str:
     for r in results.get("rows", []):
         spec = titles.get(r["name"])
         source = (spec.expansion if spec else None) or ("truth" if r["name"] == "oracle" else "caption")
+        source = source if spec else "-"
         std = r.get("std") or {}
         css = ' class="cocu"' if r["name"] == "cocu" else ""
         body.append(
             f"<tr{css}><td class=name><b>{_e(r['name'])}</b><br><span class=note>"
-            f"{_e(spec.title if spec else '')}</span></td>"
+            f"{_e(spec.title if spec else r.get('title', ''))}</span></td>"
             f"<td class=name>{_e(source)}</td><td class=name>{_e((spec.ranking if spec else None) or '-')}</td>"
             f"<td class=name>{_e(_sampling_text(spec))}</td>"
             + _gt_cell(r.get("recall"))
@@ -257,6 +262,72 @@ def _class_iou(classes: Sequence[ClassIoU]) -> str:
     return "<table>" + head + "</tr>" + "".join(rows) + "</table>"
 
 
+def _frac(value: float | None) -> str:
+    return '<td class="na">&mdash;</td>' if value is None else f"<td>{100 * value:.0f}%</td>"
+
+
+def _budget_section(results: dict[str, Any], png: bytes | None) -> str:
+    points = (results.get("budget_curve") or {}).get("points") or []
+    if not points:
+        return ""
+    head = ("<tr><th class=name>row</th><th>budget</th><th>steps</th><th>seeds</th><th>mIoU</th>"
+            "<th>mIoU whole-image</th><th>mIoU group bound</th><th>top-1</th><th>gap closed</th></tr>")
+    body = "".join(
+        f"<tr><td class=name>{_e(p['row'])}</td><td>{_e(p['budget'])}x</td><td>{_e(p['steps'])}</td>"
+        f"<td>{_e(len(p['seeds']))}</td>"
+        + "".join(_pct(p.get(k), (p.get("std") or {}).get(k))
+                  for k in ("miou", "miou_whole_image", "miou_group_bound", "top1"))
+        + _frac(p.get("gap_closed")) + "</tr>"
+        for p in sorted(points, key=lambda p: (p["budget"], p["row"]))
+    )
+    fig = _img(png, "mIoU against training budget") if png else ""
+    return ("<h2>Training budget: does the gain last?</h2><p class=note>Baseline, CoCu and the oracle trained at "
+            "multiples of the GroupViT step count (same seeds); gap closed = (row - baseline) / (oracle - baseline) "
+            f"on the mean mIoU at that budget.</p>{fig}<table>{head}{body}</table>")
+
+
+def _concept_section(results: dict[str, Any], png: bytes | None) -> str:
+    entries = results.get("per_concept") or []
+    if not entries:
+        return ""
+    models = list(dict.fromkeys(m for e in entries for m in (e.get("iou") or {})))
+    head = ("<tr><th class=name>class</th><th class=name>kind</th><th>images</th><th class=gt>caption mention "
+            "rate</th><th>archive recall</th>" + "".join(f"<th>IoU {_e(m)}</th>" for m in models)
+            + "<th>gain CoCu - baseline</th></tr>")
+    ordered = sorted(entries, key=lambda e: (e.get("caption_mention_rate") is None, e.get("caption_mention_rate") or 0))
+    body = "".join(
+        f"<tr><td class=name>{_e(e['name'])}</td><td class=name>{_e(e.get('kind', '?'))}</td>"
+        f"<td>{_e(e.get('images', 0))}</td>" + _gt_cell(e.get("caption_mention_rate")) + _pct(e.get("archive_recall"))
+        + "".join(_pct((e.get("iou") or {}).get(m)) for m in models) + _pct(e.get("gain")) + "</tr>"
+        for e in ordered
+    )
+    fig = _img(png, "IoU gain against caption mention rate") if png else ""
+    return ("<h2>Where the gain comes from: per concept</h2><p class=note>Caption mention rate: the share of "
+            "pretrain images holding the class whose caption names it. Archive recall: the share whose CoCu archive "
+            "holds it. IoU on val, averaged over seeds.</p>" + fig + f"<table>{head}{body}</table>")
+
+
+def _strength_section(results: dict[str, Any], png: bytes | None) -> str:
+    teachers = results.get("teacher_strength") or []
+    if not teachers:
+        return ""
+    keys = (("recall", "archive recall"), ("precision", "archive precision"), ("top_l_recall", "top-L recall"),
+            ("top_l_precision", "top-L precision"), ("sampled_recall", "sampled recall"),
+            ("sampled_precision", "sampled precision"))
+    head = ("<tr><th>teacher steps</th><th>teacher top-1</th><th class=name>row</th>"
+            + "".join(f"<th>{_e(label)}</th>" for _, label in keys) + "</tr>")
+    body = []
+    for t in sorted(teachers, key=lambda t: t["steps"]):
+        for name, stats in t["rows"].items():
+            body.append(f"<tr><td>{_e(t['steps'])}{' (main)' if t.get('main') else ''}</td>" + _pct(t.get("top1"))
+                        + f"<td class=name>{_e(name)}</td>" + "".join(_pct(stats.get(k)) for k, _ in keys) + "</tr>")
+    fig = _img(png, "curation ablation against teacher strength") if png else ""
+    return ("<h2>Teacher strength and the curation ablation</h2><p class=note>The same curation rows run with "
+            "teacher CLIPs trained for different numbers of steps; recall and precision against the true concepts "
+            "of the pretrain images, for the whole archive, its top-L concepts and the per-step samples.</p>"
+            + fig + f"<table>{head}{''.join(body)}</table>")
+
+
 def _settings_and_timings(results: dict[str, Any]) -> str:
     timings = results.get("timings", {})
     rows = "".join(
@@ -314,6 +385,9 @@ a caption-trained model never hears about.</p>
 {_overlays(data.overlays, data.legend)}
 <h3>Per-class IoU: stuff vs. things</h3>
 {_class_iou(data.class_iou)}
+{_budget_section(r, data.budget_png)}
+{_concept_section(r, data.concept_png)}
+{_strength_section(r, data.strength_png)}
 <h2>Settings and timings</h2>
 {_settings_and_timings(r)}
 </body></html>

@@ -53,6 +53,10 @@ ROWS: tuple[AblationRow, ...] = (
     AblationRow("oracle", "Oracle: the true concepts of every image", TRUTH, headline=True),
 )
 ROW_NAMES: tuple[str, ...] = tuple(r.name for r in ROWS)
+BUDGET_ROWS: tuple[str, ...] = ("baseline", "cocu", "oracle")
+"""The rows trained at every budget multiple of the budget curve (budget 1 trains ``train_rows``)."""
+TEACHER_DENSE = "teacher-dense"
+"""The results row of the teacher CLIP read densely (no pre-training)."""
 
 
 def row(name: str) -> AblationRow:
@@ -96,6 +100,13 @@ class DemoSettings:
     libraries' default). One thread plus one data-loading worker process is the fastest on a 2-core
     machine, and far faster than two threads when other work shares the cores (OpenMP threads then spin).
     ``num_workers``: data-loading worker processes of every training run.
+
+    ``budgets``: multiples of ``groupvit.steps`` for the budget curve (1 = the ablation table's runs; every
+    other multiple trains :data:`BUDGET_ROWS`). ``teacher_steps``: extra teacher CLIPs (training steps)
+    that each curate the archive rows again, for the teacher-strength ablation. ``tau``: sampling
+    temperature of training and curation (None: the training config's); ``num_clusters``: k-means clusters
+    per image in the curation (None: ``num_labels``). ``dense_method``: how the ``teacher-dense`` row reads
+    the teacher CLIP (:mod:`cocu.evaluation.dense_clip`).
     """
 
     out: Path
@@ -114,6 +125,11 @@ class DemoSettings:
     threads: int | None = 1
     num_workers: int = 1
     force: bool = False
+    budgets: tuple[int, ...] = (1,)
+    teacher_steps: tuple[int, ...] = ()
+    tau: float | None = None
+    num_clusters: int | None = None
+    dense_method: str = "maskclip"
 
     @property
     def seed(self) -> int:
@@ -125,7 +141,19 @@ class DemoSettings:
         out["out"] = str(self.out)
         out["seeds"] = list(self.seeds)
         out["train_rows"] = list(self.train_rows)
+        out["budgets"] = list(self.budgets)
+        out["teacher_steps"] = list(self.teacher_steps)
         return out
+
+    @property
+    def clusters(self) -> int:
+        """k-means clusters per image in the curation."""
+        return self.num_clusters if self.num_clusters is not None else self.num_labels
+
+    @property
+    def curve_budgets(self) -> tuple[int, ...]:
+        """The budget multiples of the budget curve, 1 first."""
+        return tuple(sorted({1, *self.budgets}))
 
 
 def full_settings(out: str | Path) -> DemoSettings:
@@ -144,7 +172,8 @@ def full_settings(out: str | Path) -> DemoSettings:
 
 
 def quick_settings(out: str | Path) -> DemoSettings:
-    """A smoke run of every stage: a tiny world, tiny budgets, baseline + CoCu + oracle trained."""
+    """A smoke run of every stage: a tiny world, tiny budgets, baseline + CoCu + oracle trained at budgets
+    1x and 2x, and one extra (weaker) teacher for the teacher-strength ablation."""
     return DemoSettings(
         out=Path(out),
         quick=True,
@@ -154,6 +183,8 @@ def quick_settings(out: str | Path) -> DemoSettings:
         train_rows=tuple(r.name for r in ROWS if r.headline),
         gallery=4,
         overlays=2,
+        budgets=(1, 2),
+        teacher_steps=(10,),
     )
 
 
@@ -185,3 +216,14 @@ def validate(settings: DemoSettings) -> None:
         raise ValueError(f"num_workers must be >= 0, got {settings.num_workers}")
     if settings.num_labels < 1 or settings.neighbors < 1:
         raise ValueError("num_labels and neighbors must be >= 1")
+    for name, values in (("budgets", settings.budgets), ("teacher_steps", settings.teacher_steps)):
+        if any(v < 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"{name} must be distinct positive integers, got {list(values)}")
+    if settings.tau is not None and not settings.tau > 0:
+        raise ValueError(f"tau must be > 0, got {settings.tau}")
+    if settings.num_clusters is not None and settings.num_clusters < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {settings.num_clusters}")
+    from cocu.evaluation.dense_clip import DENSE_METHODS
+
+    if settings.dense_method not in DENSE_METHODS:
+        raise ValueError(f"dense_method must be one of {', '.join(DENSE_METHODS)}, got {settings.dense_method!r}")

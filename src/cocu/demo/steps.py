@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +83,25 @@ def resolved_config(config: str, overrides: list[str]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
 
 
-def clip_overrides(settings: DemoSettings, output: Path) -> list[str]:
+def clip_overrides(settings: DemoSettings, output: Path, steps: int | None = None) -> list[str]:
+    """The teacher CLIP's run on the teacher split: the main one, or one of ``steps`` training steps."""
     dirs = world_dirs(settings.out)
-    return budget_overrides(settings, settings.clip, output, settings.seed) + [
+    budget = settings.clip if steps is None else replace(settings.clip, steps=steps)
+    return budget_overrides(settings, budget, output, settings.seed) + [
         f"data.train={dirs['teacher']}",
         "text.mode=none",
         f"text.vocab={dirs['vocab']}",
     ]
 
 
-def groupvit_overrides(settings: DemoSettings, row: AblationRow, output: Path, seed: int) -> list[str]:
-    """The overrides of one ablation row's GroupViT run: same budget and seed for every row."""
+def groupvit_overrides(
+    settings: DemoSettings, row: AblationRow, output: Path, seed: int, budget: int = 1
+) -> list[str]:
+    """The overrides of one ablation row's GroupViT run: same budget (``budget`` times the steps) and seed
+    for every row."""
     dirs = world_dirs(settings.out)
-    out = budget_overrides(settings, settings.groupvit, output, seed) + [
+    steps = replace(settings.groupvit, steps=settings.groupvit.steps * budget)
+    out = budget_overrides(settings, steps, output, seed) + [
         f"data.train={dirs['pretrain']}",
         f"text.mode={TEXT_MODES[row.concepts]}",
         f"text.num_labels={settings.num_labels}",
@@ -104,14 +111,16 @@ def groupvit_overrides(settings: DemoSettings, row: AblationRow, output: Path, s
         out += [f"data.archive={settings.out / 'curation' / row.name}", f"text.sampling={row.sampling}"]
     else:
         out.append("data.archive=null")
+    if settings.tau is not None:
+        out.append(f"text.tau={settings.tau}")
     return out
 
 
-def row_train_config(settings: DemoSettings, row: AblationRow, output: Path, seed: int):
+def row_train_config(settings: DemoSettings, row: AblationRow, output: Path, seed: int, budget: int = 1):
     """The resolved :class:`cocu.train.config.TrainConfig` of one row's GroupViT run (nothing is trained)."""
     from cocu.train.config import load_config
 
-    return load_config(settings.groupvit_config, groupvit_overrides(settings, row, output, seed))
+    return load_config(settings.groupvit_config, groupvit_overrides(settings, row, output, seed, budget))
 
 
 def train_model(config: str, overrides: list[str]) -> dict[str, Any]:
@@ -146,11 +155,13 @@ def curate_row(
         ranking=row.ranking,
         sampling=row.sampling,
         neighbors=settings.neighbors,
-        labels=settings.num_labels,
+        labels=settings.clusters,
         seed=settings.seed,
         vocab=str(dirs["vocab"]),
         threads=settings.threads,
     )
+    if settings.tau is not None:
+        cfg = replace(cfg, tau=settings.tau)
     if reuse_from is None:
         return {"summary": curate(str(dirs["pretrain"]), str(encoder_dir), run_dir, cfg)}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,24 +170,27 @@ def curate_row(
     return {"summary": curate_archive(run_dir, cfg), "reused": str(reuse_from)}
 
 
-def evaluate_model(model_dir: Path, world: Path, out_json: Path, predictions: Path | None) -> dict[str, Any]:
+def evaluate_model(
+    model_dir: Path, world: Path, out_json: Path, predictions: Path | None, method: str = "groupvit"
+) -> dict[str, Any]:
     """Zero-shot segmentation on ``world/val`` (with diagnostics) and classification on ``world/classify``.
 
     Writes ``out_json`` with ``seg`` and ``cls`` (the evaluation's own JSON, scores in percent); a CLIP
-    model (no grouping) gets classification only. ``predictions``: folder for the val label maps.
+    model gets classification only, unless ``method`` reads it densely (``maskclip``, ``sclip``,
+    ``naclip``: the same protocol as GroupViT, each patch a group). ``predictions``: folder for the val
+    label maps.
     """
     from cocu.data.skips import SkipCounter
     from cocu.evaluation.benchmarks import get_benchmark, prompt_templates
     from cocu.evaluation.cls_eval import evaluate_classification, open_image_folder
     from cocu.evaluation.datasets import open_dataset
-    from cocu.evaluation.encoders import ZeroShotModel
+    from cocu.evaluation.dense_clip import load_seg_model
     from cocu.evaluation.seg_eval import SegEvalOptions, evaluate_segmentation
-    from cocu.models.bundle import load_bundle
 
-    zs = ZeroShotModel(load_bundle(model_dir), "cpu")
+    zs = load_seg_model(str(model_dir), method, "cpu")
     templates = prompt_templates("imagenet80")
-    report: dict[str, Any] = {"model": str(model_dir), "family": zs.family}
-    if zs.family == "groupvit":
+    report: dict[str, Any] = {"model": str(model_dir), "family": zs.family, "method": method}
+    if zs.family == "groupvit" or method != "groupvit":
         spec = get_benchmark("folder")
         skips = SkipCounter()
         dataset = open_dataset(spec, world / "val", skips)
@@ -190,3 +204,4 @@ def evaluate_model(model_dir: Path, world: Path, out_json: Path, predictions: Pa
         "miou": report.get("seg", {}).get("miou"),
         "top1": report["cls"]["top1"],
     }
+

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cocu.resources import CLASSNAME_SETS
-from cocu.text.prompts import SIMPLE_TEMPLATE, imagenet_templates
+from cocu.text.prompts import SIMPLE_TEMPLATE, imagenet_templates, subset_templates
 
 BACKGROUND = "background"
 
@@ -28,7 +28,8 @@ class Protocol:
     ``short_side``/``max_long_side``: keep-ratio resize to short side ``short_side`` unless the long side
     would exceed ``max_long_side`` (None = no cap); ``crop``/``stride``: sliding window; ``bg_thresh``:
     None = no background class; ``top_k``: classes kept by whole-image similarity; ``batch_size``: crops
-    per forward pass.
+    per forward pass; ``local_consistency``: refine each window's class scores with PAMR
+    (:mod:`cocu.evaluation.refine`) before the background rule.
     """
 
     short_side: int
@@ -38,6 +39,7 @@ class Protocol:
     max_long_side: int | None = None
     top_k: int = 5
     batch_size: int = 4
+    local_consistency: bool = False
 
     def __post_init__(self) -> None:
         for name in ("short_side", "crop", "stride", "top_k", "batch_size"):
@@ -62,6 +64,7 @@ class Protocol:
             "stride": self.stride,
             "bg_thresh": self.bg_thresh,
             "top_k": self.top_k,
+            "local_consistency": self.local_consistency,
         }
 
 
@@ -186,13 +189,20 @@ def read_classnames_file(path: str | Path) -> list[str]:
     return _parse_names(p.read_text("utf-8"), str(p))
 
 
-TEMPLATE_SETS = ("imagenet80", "simple")
+TEMPLATE_SETS = ("simple", "subset", "imagenet80")
+SEG_TEMPLATES = "simple"
+"""Default of segmentation: GroupViT's and CoCu's ``evaluate.seg.template: simple``."""
+CLS_TEMPLATES = "subset"
+"""Default of classification: their ``evaluate.cls.template: subset``."""
 
 
 def prompt_templates(name: str) -> tuple[str, ...]:
-    """``imagenet80``: CLIP's 80 ImageNet templates (the protocol); ``simple``: "a photo of a {}." only."""
+    """``simple``: "a photo of a {}." only (the published segmentation protocol); ``subset``: the 7
+    templates of the published ImageNet protocol; ``imagenet80``: CLIP's 80 ImageNet templates."""
     if name == "imagenet80":
         return imagenet_templates()
+    if name == "subset":
+        return subset_templates()
     if name == "simple":
         return (SIMPLE_TEMPLATE,)
     raise ValueError(f"unknown template set {name!r}; known: {', '.join(TEMPLATE_SETS)}")

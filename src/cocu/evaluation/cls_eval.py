@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cocu.data.skips import CORRUPT_IMAGE, SkipCounter
-from cocu.data.transforms import exif_to_rgb
+from cocu.data.transforms import Preprocess, exif_to_rgb
 from cocu.evaluation.benchmarks import load_classnames, read_classnames_file, unique_keys
 from cocu.evaluation.encoders import ZeroShotModel
 
@@ -107,6 +107,7 @@ class ClsEvalResult:
     n: int
     per_class_accuracy: dict[str, float | None]
     skips: dict[str, int]
+    protocol: dict
 
     def to_json(self) -> dict:
         return {
@@ -116,6 +117,7 @@ class ClsEvalResult:
             "n": self.n,
             "num_classes": len(self.per_class_accuracy),
             "per_class_accuracy": self.per_class_accuracy,
+            "protocol": self.protocol,
             "skipped": self.skips,
         }
 
@@ -132,9 +134,26 @@ def _load(path: Path, skips: SkipCounter) -> Image.Image | None:
         with Image.open(path) as img:
             img.load()
             return exif_to_rgb(img)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         skips.add(CORRUPT_IMAGE, path.name, str(path), str(err))
         return None
+
+
+def classification_protocol(preprocess: Preprocess, templates: Sequence[str]) -> dict:
+    """The ``protocol`` block of a classification JSON (same keys as segmentation's; no window, no
+    background, no refinement)."""
+    return {
+        "templates": list(templates),
+        "num_templates": len(templates),
+        "image_mean": [float(v) for v in preprocess.mean],
+        "image_std": [float(v) for v in preprocess.std],
+        "short_side": preprocess.size,
+        "crop": preprocess.size if preprocess.crop else None,
+        "stride": None,
+        "bg_thresh": None,
+        "resize": f"{preprocess.interpolation}-pil",
+        "local_consistency": False,
+    }
 
 
 @torch.inference_mode()
@@ -182,4 +201,5 @@ def evaluate_classification(
         n=n,
         per_class_accuracy=per_class,
         skips=skips.as_dict(),
+        protocol=classification_protocol(zs.preprocess, templates),
     )

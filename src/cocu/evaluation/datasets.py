@@ -7,7 +7,8 @@ a background class it is label 0) and :data:`IGNORE` (-1) for pixels that do not
 - ``ade_shift``: ADE20K, 0 = "other" -> ignore, ``v`` -> ``v - 1``.
 - ``cityscapes_label_ids``: gtFine ``*_labelIds.png`` -> the 19 train ids, everything else ignored.
 - ``coco_stuff_raw``: COCO-Stuff-164k raw ids 0..181 (11 unused thing ids) -> 171 classes; 255 = ignore.
-- ``coco_object_raw``: the same raw maps -> COCO-Object: things -> 1..80, stuff -> 0 (background).
+- ``coco_object_raw``: the same raw maps -> COCO-Object as the reference converter makes it: things ->
+  1..80, stuff and 255 (unlabeled) -> 0 (background).
 - ``imagenet_s_rgb``: ImageNet-S RGB masks, id = R + 256 * G; 0 = other (background), 1000 = ignore.
 
 A value that is neither a class nor the ignore value raises a clear error naming the file.
@@ -27,6 +28,10 @@ from cocu.data.transforms import to_rgb
 from cocu.evaluation.benchmarks import BACKGROUND, BenchmarkSpec, load_classnames, read_classnames_file
 
 logger = logging.getLogger(__name__)
+
+class BenchmarkNotFoundError(FileNotFoundError):
+    """The benchmark's layout is not under the given root (as opposed to a damaged one)."""
+
 
 IGNORE = -1
 MISSING_LABEL = "missing_label"
@@ -50,7 +55,7 @@ def _lut(pairs: dict[int, int], size: int = 256) -> np.ndarray:
 _LUTS = {
     "coco_stuff_raw": _lut({raw: i for i, raw in enumerate(_COCO_RAW_IDS)}),
     "coco_object_raw": _lut(
-        {raw: (i + 1 if i < _COCO_NUM_THINGS else 0) for i, raw in enumerate(_COCO_RAW_IDS)}
+        {raw: (i + 1 if i < _COCO_NUM_THINGS else 0) for i, raw in enumerate(_COCO_RAW_IDS)} | {255: 0}
     ),
     "cityscapes_label_ids": _lut({lid: i for i, lid in enumerate(_CITYSCAPES_EVAL_IDS)}),
 }
@@ -86,7 +91,7 @@ def read_label(path: Path, decoding: str, num_classes: int) -> np.ndarray:
         with Image.open(path) as img:
             mode = img.mode
             raw = np.asarray(img)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: unreadable label file ({err})") from err
     if decoding != "imagenet_s_rgb" and mode in ("RGB", "RGBA"):
         raise ValueError(
@@ -154,10 +159,19 @@ def _layout_root(spec: BenchmarkSpec, root: Path) -> Path:
         if (candidate / spec.labels).is_dir():
             return candidate
     tried = ", ".join(str(root / s) if s else str(root) for s in spec.roots)
-    raise FileNotFoundError(
+    raise BenchmarkNotFoundError(
         f"{spec.name}: no {spec.labels}/ folder under {tried}; expected {spec.title} in its standard layout "
         f"(images in {spec.images}/, labels in {spec.labels}/; see docs/benchmarks.md)"
     )
+
+
+def benchmark_present(spec: BenchmarkSpec, root: str | Path) -> bool:
+    """Whether the benchmark's layout (its label folder) is under ``root``, as :func:`open_dataset` looks."""
+    try:
+        _layout_root(spec, Path(root))
+    except BenchmarkNotFoundError:
+        return False
+    return True
 
 
 def _find_image(folder: Path, stem: str, preferred: str) -> Path | None:
@@ -258,7 +272,7 @@ def open_dataset(spec: BenchmarkSpec, root: str | Path, skips: SkipCounter | Non
     skips = skips if skips is not None else SkipCounter()
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"{spec.name}: dataset root {base} is not a folder")
+        raise BenchmarkNotFoundError(f"{spec.name}: dataset root {base} is not a folder")
     layout_root = _layout_root(spec, base)
     if spec.classnames is None:
         class_names = read_classnames_file(layout_root / "classes.txt")
@@ -277,9 +291,10 @@ def open_dataset(spec: BenchmarkSpec, root: str | Path, skips: SkipCounter | Non
 
 
 def load_item_image(item: SegItem, skips: SkipCounter) -> Image.Image | None:
-    """The item's RGB image, or None (counted as ``corrupt_image``) when it cannot be decoded."""
+    """The item's RGB image, or None (counted as ``corrupt_image``) when it cannot be decoded or is above
+    PIL's decompression-bomb limit."""
     try:
         return load_image(item.image)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         skips.add(CORRUPT_IMAGE, item.name, str(item.image), str(err))
         return None

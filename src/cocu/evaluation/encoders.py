@@ -8,7 +8,7 @@ published transformers checkpoint (``nvidia/groupvit-gcc-yfcc``). Text goes thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -48,7 +48,8 @@ class CropEncoding:
 
 
 class ZeroShotModel:
-    """A GroupViT or CLIP in eval mode with its tokenizer and normalisation, on one device."""
+    """A GroupViT or CLIP in eval mode with its tokenizer and normalisation (the bundle's own until
+    :meth:`set_normalization`), on one device."""
 
     def __init__(self, bundle: ModelBundle, device: str | torch.device | None = None) -> None:
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -64,6 +65,12 @@ class ZeroShotModel:
         text = self.model.config.text_config
         limit = getattr(self.tokenizer, "model_max_length", None) or text.max_position_embeddings
         self.max_text_length = int(min(limit, text.max_position_embeddings))
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Use this image mean/std (segmentation and classification) instead of the bundle's."""
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.preprocess = replace(self.preprocess, mean=self.mean, std=self.std)
 
     @property
     def logit_scale(self) -> float:

@@ -126,18 +126,29 @@ def hard_groups(assignment: torch.Tensor) -> torch.Tensor:
     return assignment.argmax(dim=1)
 
 
+def pixel_scores(group_map: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """``[K,H,W]`` class scores of each pixel: its group's row of ``probs [G,K]`` (``group_map [H,W]``)."""
+    return probs[group_map].permute(2, 0, 1)
+
+
+def add_background(fg: torch.Tensor, bg_thresh: float | None, best: float) -> torch.Tensor:
+    """``fg [K,H,W]`` unchanged without a threshold, else ``[1+K,H,W]`` with a background channel 0 that
+    is 1 where a pixel's best class score is below ``min(bg_thresh, best)`` (``best``: the crop's best
+    group score) and 0 elsewhere."""
+    if bg_thresh is None:
+        return fg
+    thresh = min(float(bg_thresh), float(best))
+    bg = (fg.max(dim=0).values < thresh).to(fg.dtype)  # [H,W]
+    return torch.cat([bg[None], fg], dim=0)
+
+
 def crop_scores(group_map: torch.Tensor, probs: torch.Tensor, bg_thresh: float | None) -> torch.Tensor:
     """Per-pixel class scores of one crop: ``[K,H,W]``, or ``[1+K,H,W]`` with a background channel 0.
 
     ``group_map [H,W]`` holds each pixel's group, ``probs [G,K]`` the group-to-class scores. Background
     is 1 where a pixel's best class score is below ``min(bg_thresh, probs.max())`` and 0 elsewhere.
     """
-    fg = probs[group_map].permute(2, 0, 1)  # [K,H,W]
-    if bg_thresh is None:
-        return fg
-    thresh = min(float(bg_thresh), float(probs.max()))
-    bg = (fg.max(dim=0).values < thresh).to(fg.dtype)  # [H,W]
-    return torch.cat([bg[None], fg], dim=0)
+    return add_background(pixel_scores(group_map, probs), bg_thresh, float(probs.max()))
 
 
 def majority_classes(group_map: torch.Tensor, label: torch.Tensor, num_groups: int, num_classes: int) -> torch.Tensor:

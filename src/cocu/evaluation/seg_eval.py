@@ -9,6 +9,10 @@ Diagnostics (``diagnostics=True``):
   of its pixels (the best any group-to-class assignment could do with these groups; a low value means
   grouping failures, a high value with a low ``miou`` means alignment failures);
 - ``groups_per_image``: mean over images of the mean number of distinct argmax groups per crop.
+
+A label map whose size differs from its image is a counted skip (``size_mismatch``), or an error with
+``strict``. Saved predictions are checked before any image is segmented: the folder may not lie in the
+data set, no path may leave it, and no existing file that cocu did not write is replaced (unless ``force``).
 """
 
 from __future__ import annotations
@@ -23,23 +27,32 @@ from PIL import Image
 from tqdm import tqdm
 
 from cocu.data.skips import SkipCounter
-from cocu.evaluation.benchmarks import Protocol, prompt_templates
-from cocu.evaluation.datasets import SegDataset, load_item_image
+from cocu.evaluation.benchmarks import SEG_TEMPLATES, Protocol, prompt_templates
+from cocu.evaluation.datasets import SegDataset, SegItem, load_item_image
 from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.metrics import ConfusionMatrix, SegScores, format_table, scores
-from cocu.evaluation.segmenter import segment_image
+from cocu.evaluation.outputs import check_not_input, check_overwrite, contained_path, png_info
+from cocu.evaluation.segmenter import RESIZE, segment_image
 from cocu.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
+SIZE_MISMATCH = "size_mismatch"
+
 
 @dataclass
 class SegEvalOptions:
+    """``templates``: the published protocol's single template by default; ``strict``: a label of
+    another size than its image stops the run instead of being skipped; ``force``: saved predictions
+    may replace files cocu did not write."""
+
     limit: int | None = None
     save_predictions: Path | None = None
     diagnostics: bool = False
-    templates: Sequence[str] = field(default_factory=lambda: prompt_templates("imagenet80"))
+    templates: Sequence[str] = field(default_factory=lambda: prompt_templates(SEG_TEMPLATES))
     progress: bool = True
+    strict: bool = False
+    force: bool = False
 
 
 @dataclass
@@ -50,7 +63,9 @@ class SegEvalResult:
     num_images: int
     scores: SegScores
     skips: dict[str, int]
-    num_templates: int
+    templates: list[str]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
     miou_whole_image: float | None = None
     miou_group_bound: float | None = None
     groups_per_image: float | None = None
@@ -63,7 +78,7 @@ class SegEvalResult:
             "per_class_iou": self.scores.per_class_iou,
             "num_images": self.num_images,
             "num_classes": len(self.label_names),
-            "protocol": {**self.protocol.as_dict(), "num_templates": self.num_templates},
+            "protocol": protocol_block(self.protocol, self.templates, self.image_mean, self.image_std),
             "skipped": self.skips,
         }
         if self.groups_per_image is not None:
@@ -85,8 +100,23 @@ class SegEvalResult:
         return "\n".join(lines)
 
 
+def protocol_block(
+    proto: Protocol, templates: Sequence[str], image_mean: Sequence[float], image_std: Sequence[float]
+) -> dict:
+    """Everything that decides a segmentation number, as the JSON's ``protocol`` records it."""
+    return {
+        **proto.as_dict(),
+        "templates": list(templates),
+        "num_templates": len(templates),
+        "image_mean": [float(v) for v in image_mean],
+        "image_std": [float(v) for v in image_std],
+        "resize": RESIZE,
+    }
+
+
 def save_label_map(pred: np.ndarray, path: Path) -> None:
-    """Write a label map as PNG: 8-bit grey when every value fits, else 16-bit grey (atomic)."""
+    """Write a label map as PNG: 8-bit grey when every value fits, else 16-bit grey (atomic, marked as
+    written by cocu)."""
     if pred.min(initial=0) < 0 or pred.max(initial=0) > 65535:
         raise ValueError(f"label values {pred.min()}..{pred.max()} do not fit a 16-bit PNG")
     if pred.max(initial=0) <= 255:
@@ -94,7 +124,31 @@ def save_label_map(pred: np.ndarray, path: Path) -> None:
     else:
         img = Image.fromarray(pred.astype(np.uint16))
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=png_info())
+
+
+def prediction_paths(dataset: SegDataset, items: Sequence[SegItem], folder: Path, force: bool) -> list[Path]:
+    """Each item's saved-prediction path, checked before any work: the folder is not in the data set,
+    no path leaves it (a split entry such as ``../../x``), none is an input, none is a foreign file."""
+    spec = dataset.spec
+    check_not_input(folder, input_dirs=[dataset.root, dataset.root / spec.images, dataset.root / spec.labels])
+    paths = []
+    for item in items:
+        path = contained_path(folder, f"{item.name}.png")
+        check_not_input(path, input_files=[item.image, item.label])
+        check_overwrite(path, force)
+        paths.append(path)
+    return paths
+
+
+def _size_ok(item: SegItem, label: np.ndarray, image: Image.Image, strict: bool, skips: SkipCounter) -> bool:
+    if label.shape == (image.height, image.width):
+        return True
+    detail = f"label {label.shape[1]}x{label.shape[0]} but image {image.width}x{image.height} ({item.image})"
+    if strict:
+        raise ValueError(f"{item.label}: {detail}; labels must have their image's size")
+    skips.add(SIZE_MISMATCH, item.name, str(item.label), detail)
+    return False
 
 
 def evaluate_segmentation(
@@ -114,6 +168,9 @@ def evaluate_segmentation(
     if proto.with_background != dataset.with_background:
         raise ValueError(f"{dataset.spec.name}: the protocol's background setting does not match the benchmark")
     items = dataset.items[: options.limit] if options.limit is not None else dataset.items
+    saved = None
+    if options.save_predictions is not None:
+        saved = prediction_paths(dataset, items, Path(options.save_predictions), options.force)
     names = dataset.label_names
     class_emb = zs.class_embeddings(dataset.class_names, list(options.templates), progress=options.progress)
     main = ConfusionMatrix(len(names))
@@ -121,10 +178,10 @@ def evaluate_segmentation(
     bound = ConfusionMatrix(len(names)) if options.diagnostics else None
     groups: list[float] = []
     done = 0
-    for item in tqdm(items, desc=dataset.spec.name, unit="img", disable=not options.progress):
+    for i, item in enumerate(tqdm(items, desc=dataset.spec.name, unit="img", disable=not options.progress)):
         label = dataset.read_label(item)
         image = load_item_image(item, skips)
-        if image is None:
+        if image is None or not _size_ok(item, label, image, options.strict, skips):
             continue
         seg = segment_image(
             zs, image, class_emb, proto, out_hw=label.shape, label=label if options.diagnostics else None
@@ -134,8 +191,8 @@ def evaluate_segmentation(
             whole.update(label, np.full_like(label, seg.whole_image_label))
             bound.update(label, seg.oracle_pred)
             groups.append(seg.groups_per_crop)
-        if options.save_predictions is not None:
-            save_label_map(seg.pred, Path(options.save_predictions) / f"{item.name}.png")
+        if saved is not None:
+            save_label_map(seg.pred, saved[i])
         done += 1
     if done == 0:
         raise ValueError(f"{dataset.spec.name}: no image could be evaluated ({skips.as_dict()})")
@@ -146,7 +203,9 @@ def evaluate_segmentation(
         num_images=done,
         scores=scores(main, names),
         skips=skips.as_dict(),
-        num_templates=len(options.templates),
+        templates=list(options.templates),
+        image_mean=tuple(zs.mean),
+        image_std=tuple(zs.std),
     )
     if options.diagnostics:
         result.miou_whole_image = scores(whole, names).miou

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cocu.data.transforms import to_tensor
+import torch.nn.functional as F
+
 from cocu.evaluation.benchmarks import Protocol
 from cocu.evaluation.encoders import ZeroShotModel
 from cocu.evaluation.protocol import (
     WindowAccumulator,
-    crop_scores,
+    add_background,
     group_class_probs,
     hard_groups,
     image_class_probs,
@@ -26,9 +27,15 @@ from cocu.evaluation.protocol import (
     majority_classes,
     nearest_resize,
     oracle_scores,
+    pixel_scores,
     resized_shape,
     upsample_argmax,
 )
+from cocu.evaluation.refine import refine_scores
+
+RESIZE = "bilinear-no-antialias"
+"""How evaluation inputs are resized: bilinear without anti-aliasing (OpenCV's / mmcv's ``INTER_LINEAR``,
+as the reference evaluation resizes), on float pixels."""
 
 
 @dataclass
@@ -45,10 +52,16 @@ class ImageSegmentation:
 
 
 def prepare_image(image: Image.Image, proto: Protocol, mean, std) -> torch.Tensor:
-    """``[3,H',W']`` normalised tensor of the RGB image resized by the protocol (bilinear, as mmseg)."""
+    """``[3,H',W']`` normalised tensor of the RGB image resized by the protocol: bilinear, no
+    anti-aliasing (``F.interpolate(..., align_corners=False, antialias=False)``, like mmcv's OpenCV resize)."""
     size = resized_shape(image.width, image.height, proto.short_side, proto.max_long_side)
-    resized = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
-    return to_tensor(resized, mean, std)
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)  # [3,H,W]
+    x = x.float().div_(255.0)
+    if size != image.size:
+        x = F.interpolate(x[None], size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=False)[0]
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (x - mean_t) / std_t  # [3,H',W']
 
 
 @torch.inference_mode()
@@ -87,7 +100,10 @@ def segment_image(
         groups = hard_groups(enc.assignment)  # [b,h,w]
         num_groups = enc.assignment.shape[1]
         for j, box in enumerate(boxes):
-            acc.add(box, crop_scores(groups[j], probs[j], proto.bg_thresh))
+            fg = pixel_scores(groups[j], probs[j])  # [K,h,w]
+            if proto.local_consistency:
+                fg = refine_scores(crops[j], fg)
+            acc.add(box, add_background(fg, proto.bg_thresh, float(probs[j].max())))
             group_counts.append(int(torch.unique(groups[j]).numel()))
             if oracle is not None:
                 y1, y2, x1, x2 = box
@@ -109,6 +125,7 @@ def user_protocol(
     crop: int | None = None,
     stride: int | None = None,
     bg_thresh: float | None = None,
+    local_consistency: bool = False,
 ) -> Protocol:
     """Protocol for an arbitrary image: by default short side = crop = twice the model's image size and
     stride = the image size (the VOC setting 448/448/224 for a 224 px model), no long-side cap."""
@@ -118,6 +135,7 @@ def user_protocol(
         crop=crop,
         stride=stride or max(1, crop // 2),
         bg_thresh=bg_thresh,
+        local_consistency=local_consistency,
     )
 
 

@@ -31,6 +31,7 @@ MISSING_ARCHIVE: tuple[str, ...] = ("drop", "caption")
 WARMUP_UNITS: tuple[str, ...] = ("epochs", "steps", "fraction")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+NORMALIZE: tuple[str, ...] = ("clip", "imagenet")
 
 
 class ConfigError(ValueError):
@@ -66,10 +67,12 @@ class DataConfig:
     """``train``: webdataset tar shards (brace pattern, directory, file or list); ``archive``: the curated
     concept archive (a curation run folder or parquet file, as ``cocu.curation.archive.read_archive``
     takes), needed by ``text.mode: cocu``. ``num_workers``: DataLoader worker processes (0 = load in
-    the training process)."""
+    the training process). ``normalize``: the image mean/std trained with and written into the model
+    folder's ``preprocessor_config.json`` (``clip`` or ``imagenet``, GroupViT's)."""
 
     train: str | list[str] | None = None
     archive: str | None = None
+    normalize: str = "clip"
     num_workers: int = 1
     prefetch_factor: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -303,6 +306,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     choice("optim.warmup_unit", cfg.optim.warmup_unit, WARMUP_UNITS)
     choice("train.precision", cfg.train.precision, PRECISIONS)
     choice("train.device", cfg.train.device, DEVICES)
+    choice("data.normalize", cfg.data.normalize, NORMALIZE)
     from cocu.curation.sampling import SAMPLINGS
 
     choice("text.sampling", cfg.text.sampling, SAMPLINGS)

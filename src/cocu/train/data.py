@@ -57,7 +57,7 @@ from cocu.curation.vocab import Vocabulary, load_vocabulary
 from cocu.data import skips as reasons
 from cocu.data.randaugment import RandAugment
 from cocu.data.skips import SkipCounter
-from cocu.data.transforms import TrainAugment, exif_to_rgb
+from cocu.data.transforms import NORMALIZATIONS, TrainAugment, exif_to_rgb
 from cocu.text.prompts import imagenet_templates
 from cocu.train.archive_join import CACHE_DIR, PackedArchive, join_archive
 from cocu.train.config import TrainConfig
@@ -340,8 +340,9 @@ class Collate:
 def make_augment(cfg: TrainConfig, image_size: int) -> TrainAugment:
     aug = cfg.data.augment
     randaugment = RandAugment.from_spec(aug.randaugment) if aug.randaugment else None
+    mean, std = NORMALIZATIONS[cfg.data.normalize]
     return TrainAugment(size=image_size, scale=(aug.scale_min, 1.0), flip=aug.flip, color_jitter=aug.color_jitter,
-                        randaugment=randaugment, erase_prob=aug.erase_prob)
+                        randaugment=randaugment, erase_prob=aug.erase_prob, mean=mean, std=std)
 
 
 def make_loader(

@@ -47,6 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cocu.data.skips import SkipCounter
+from cocu.data.transforms import NORMALIZATIONS
 from cocu.models.bundle import save_bundle
 from cocu.models.factory import build_model, get_model_spec
 from cocu.text.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -253,11 +254,13 @@ def _warn_legacy_pooling(model: nn.Module) -> None:
         )
 
 
-def save_final_model(model: nn.Module, tokenizer, out: Path, image_size: int) -> None:
-    """``save_bundle`` into a staging folder, then move its files into ``out`` (each rename atomic)."""
+def save_final_model(model: nn.Module, tokenizer, out: Path, image_size: int, normalize: str = "clip") -> None:
+    """``save_bundle`` into a staging folder, then move its files into ``out`` (each rename atomic);
+    ``normalize``: the mean/std the model was trained with (``NORMALIZATIONS``), recorded in the folder."""
     staging = out / ".bundle.staging"
     shutil.rmtree(staging, ignore_errors=True)
-    save_bundle(model, tokenizer, staging, image_size)
+    mean, std = NORMALIZATIONS[normalize]
+    save_bundle(model, tokenizer, staging, image_size, mean=mean, std=std)
     for item in staging.iterdir():
         target = out / item.name
         if target.is_dir():
@@ -460,7 +463,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
     elapsed = time.perf_counter() - run_start
     finished = step >= total
     if ctx.is_main and finished:
-        save_final_model(module.model, tokenizer, out, spec.image_size)
+        save_final_model(module.model, tokenizer, out, spec.image_size, cfg.data.normalize)
         plot_loss_curve(out / METRICS_FILE, out / LOSS_CURVE_FILE)
     if last_loss is None and ctx.is_main:
         records = read_metrics(out / METRICS_FILE)
