@@ -106,3 +106,13 @@ def test_avif_images_in_tars_are_read(tmp_path):
             archive.addfile(info, io.BytesIO(payload))
     samples, skips = _read(tmp_path / "a.tar")
     assert [s.key for s in samples] == ["a"] and skips.total == 0
+
+
+def test_cocu_embed_reads_the_img2dataset_files_layout(tmp_path, capsys):
+    from cocu.cli import main
+
+    root = _files_output(tmp_path / "out")
+    emb = tmp_path / "emb"
+    assert main(["embed", str(root), "--encoder", "random:clip-tiny", "--out", str(emb), "--workers", "0"]) == 0
+    assert "embedded 6 samples" in capsys.readouterr().out
+    assert main(["embed", str(root), "--encoder", "random:clip-tiny", "--out", str(emb), "--workers", "0"]) == 0

@@ -165,8 +165,14 @@ class EmbedResult:
 
 
 def source_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """``size``, ``mtime_ns`` and ``head_tail_sha256`` (of the first and last 64 KiB) of an input file."""
+    """``size``, ``mtime_ns`` and ``head_tail_sha256`` (of the first and last 64 KiB) of an input file; for
+    a folder source (img2dataset's ``files`` layout) the total size and a hash of its listing."""
     p = Path(path)
+    if p.is_dir():
+        listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(p) if e.is_file())
+        listed = hashlib.sha256(json.dumps(listing).encode())
+        latest = max((m for _, _, m in listing), default=p.stat().st_mtime_ns)
+        return {"size": sum(n for _, n, _ in listing), "mtime_ns": latest, "head_tail_sha256": listed.hexdigest()}
     size = p.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with open(p, "rb") as handle:
