@@ -23,8 +23,8 @@ from cocu.demo.steps import groupvit_overrides
 from cocu.demo.studies import budget_curve, concept_rates, per_concept, top_l
 
 ROW_KEYS = ("name", "recall", "precision", "sampled_recall", "sampled_precision", "sampled_coverage", "miou",
-            "miou_whole_image", "miou_group_bound", "top1")
-EVAL_FIELDS = ("miou", "miou_whole_image", "miou_group_bound", "top1")
+            "miou_lc", "miou_whole_image", "miou_group_bound", "top1")
+EVAL_FIELDS = ("miou", "miou_lc", "miou_whole_image", "miou_group_bound", "top1")
 QUICK_TRAINED = ("baseline", "cocu", "oracle")
 # The CI-sized quick demo: --quick with a smaller world and fewer steps so that the test stays near a minute;
 # budgets 1x and 2x of 3 steps and one extra teacher of 4 steps (the main one trains 8) exercise the studies.
@@ -382,6 +382,20 @@ def test_quick_demo_results_json_has_every_row_key_and_nulls_where_not_trained(q
               "curate-t4-cocu", "strength-clip", "strength-clip-t4"}
     assert stages <= set(res["timings"])
     assert all(t["seconds"] >= 0 for t in res["timings"].values())
+
+
+@pytest.mark.slow
+def test_quick_demo_evaluates_with_the_published_prompts_with_and_without_local_consistency(quick_demo):
+    from cocu.text.prompts import subset_templates
+
+    report = json.loads((quick_demo / "eval" / "cocu.json").read_text())
+    assert report["seg"]["protocol"]["templates"] == ["a photo of a {}."]
+    assert report["seg"]["protocol"]["local_consistency"] is False
+    assert report["seg_lc"]["protocol"]["templates"] == ["a photo of a {}."]
+    assert report["seg_lc"]["protocol"]["local_consistency"] is True
+    assert report["cls"]["protocol"]["templates"] == list(subset_templates())
+    row = next(r for r in json.loads((quick_demo / "results.json").read_text())["rows"] if r["name"] == "cocu")
+    assert row["miou_lc"] == pytest.approx(report["seg_lc"]["miou"] / 100)
 
 
 @pytest.mark.slow

@@ -116,3 +116,20 @@ def test_cocu_embed_reads_the_img2dataset_files_layout(tmp_path, capsys):
     assert main(["embed", str(root), "--encoder", "random:clip-tiny", "--out", str(emb), "--workers", "0"]) == 0
     assert "embedded 6 samples" in capsys.readouterr().out
     assert main(["embed", str(root), "--encoder", "random:clip-tiny", "--out", str(emb), "--workers", "0"]) == 0
+
+
+def test_metadata_keeps_img2dataset_url_and_size_columns_as_clip_retrieval_does(tmp_path):
+    from cocu.cli import main
+
+    root = _files_output(tmp_path / "out")
+    meta = root / "00000" / "000000001.json"
+    meta.write_text(json.dumps({"url": "http://x/1", "width": 7, "height": 5, "sha256": "ab", "status": "success"}))
+    emb = tmp_path / "emb"
+    assert main(["embed", str(root), "--encoder", "random:clip-tiny", "--out", str(emb), "--workers", "0"]) == 0
+    table = pq.read_table(emb / "metadata" / "metadata_00000.parquet")
+    assert table.column("url").to_pylist() == ["http://x/000000000", "http://x/1", "http://x/000000002",
+                                              "http://x/000010000", "http://x/000010001", "http://x/000010002"]
+    assert table.column("width").to_pylist() == [None, 7, None, None, None, None]
+    assert table.schema.field("width").type == pa.int64()
+    assert table.column("sha256").to_pylist()[1] == "ab"
+    assert "status" not in table.column_names and "original_width" not in table.column_names

@@ -2,7 +2,9 @@
 
 ``EMB_DIR/img_emb/img_emb_{i:05d}.npy``, ``EMB_DIR/text_emb/text_emb_{i:05d}.npy`` and
 ``EMB_DIR/metadata/metadata_{i:05d}.parquet`` (columns ``image_path`` = the sample key, ``caption``, and
-``true_concepts`` list<string> when the samples' json member has ``concepts``) are row-aligned parts of
+``true_concepts`` list<string> when the samples' json member has ``concepts``, plus img2dataset's ``url``,
+``width``, ``height``, ``original_width``, ``original_height``, ``sha256`` where the source has them, as
+clip-retrieval keeps them) are row-aligned parts of
 at most ``rows_per_part`` rows, L2-normalised, float32 (or float16). Part names are zero-padded so that
 name order is row order (for tools that list a folder by name); folders with unpadded names (older cocu,
 other writers) are still read and resumed, parts always ordered by their integer number. Folders made by
@@ -43,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cocu.curation.embed_loader import SampleBatches, batch_loader, default_workers
+from cocu.curation.embed_loader import SOURCE_COLUMNS, SampleBatches, batch_loader, default_workers
 from cocu.data import skips as reasons
 from cocu.data.reader import resolve_sources
 from cocu.data.skips import SkipCounter
@@ -232,6 +234,9 @@ class _PartWriter:
         }
         if any(r["true_concepts"] is not None for r in rows):
             columns["true_concepts"] = pa.array([r["true_concepts"] for r in rows], pa.list_(pa.string()))
+        for name, kind in SOURCE_COLUMNS.items():
+            if any(name in r["source_columns"] for r in rows):
+                columns[name] = pa.array([r["source_columns"].get(name) for r in rows], pa.type_for_alias(kind))
         path = meta_path(self.out, index)
         with _writing(path, self.out), atomic_path(path) as tmp:
             pq.write_table(pa.table(columns), tmp)

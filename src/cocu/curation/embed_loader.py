@@ -66,11 +66,38 @@ def _true_concepts(meta: dict | None) -> list[str] | None:
     return None
 
 
+SOURCE_COLUMNS: dict[str, str] = {
+    "url": "string",
+    "width": "int64",
+    "height": "int64",
+    "original_width": "int64",
+    "original_height": "int64",
+    "sha256": "string",
+}
+"""img2dataset's per-sample fields that the metadata parquet keeps (with these Arrow types) when a sample's json
+member (or a captions file's extra columns) has them, as clip-retrieval does: retrieval front-ends read ``url``."""
+
+
+def _source_columns(meta: dict | None) -> dict[str, Any]:
+    """The :data:`SOURCE_COLUMNS` values of one sample; a value of another type is left out (null)."""
+    if not isinstance(meta, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name, kind in SOURCE_COLUMNS.items():
+        value = meta.get(name)
+        if kind == "string" and isinstance(value, str):
+            out[name] = value
+        elif kind == "int64" and isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
 class SampleBatches(IterableDataset):
     """Units of preprocessed samples; each item is a dict:
 
     - ``pixels``: ``[b,3,S,S]`` float32, the decodable images of the unit;
-    - ``rows``: ``b`` dicts ``key``, ``caption``, ``true_concepts`` (row-aligned with ``pixels``);
+    - ``rows``: ``b`` dicts ``key``, ``caption``, ``true_concepts``, ``source_columns`` (row-aligned with
+      ``pixels``);
     - ``records``: the skips recorded while the unit was read (``reason``, ``key``, ``source``, ``detail``);
     - ``kept``: samples of the unit's stretch whose keys are in ``done`` (not decoded again);
     - ``mismatches``: kept samples whose caption differs from ``done``'s (``None`` there: not checked) (``key``, ``source``, ``stored``,
@@ -100,7 +127,12 @@ class SampleBatches(IterableDataset):
                 records.add(reasons.CORRUPT_IMAGE, sample.key, sample.source, detail)
                 continue
             pixels.append(tensor)
-            rows.append({"key": sample.key, "caption": sample.caption, "true_concepts": _true_concepts(sample.meta)})
+            rows.append({
+                "key": sample.key,
+                "caption": sample.caption,
+                "true_concepts": _true_concepts(sample.meta),
+                "source_columns": _source_columns(sample.meta),
+            })
         size = self.preprocess.size
         return {
             "pixels": torch.stack(pixels) if pixels else torch.empty((0, 3, size, size)),  # [b,3,S,S]

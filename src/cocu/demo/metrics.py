@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-EVAL_KEYS: tuple[str, ...] = ("miou", "miou_whole_image", "miou_group_bound", "pixel_acc", "top1", "top5")
+EVAL_KEYS: tuple[str, ...] = (
+    "miou", "miou_lc", "miou_whole_image", "miou_group_bound", "pixel_acc", "top1", "top5"
+)
 CONCEPT_KEYS: tuple[str, ...] = ("recall", "precision", "sampled_recall", "sampled_precision", "sampled_coverage")
 
 

@@ -264,6 +264,7 @@ def read_eval_figures(json_path: Path) -> dict[str, float | None]:
     return {
         "miou": frac(seg.get("miou")),
         "miou_whole_image": frac(seg.get("miou_whole_image")),
+        "miou_lc": frac(raw.get("seg_lc", {}).get("miou")),
         "miou_group_bound": frac(seg.get("miou_group_bound")),
         "pixel_acc": frac(seg.get("pixel_acc")),
         "top1": frac(cls.get("top1")),

@@ -167,10 +167,10 @@ def _ablation_table(results: dict[str, Any]) -> str:
     head = (
         "<tr><th class=name rowspan=2>row</th><th class=name rowspan=2>expansion</th><th class=name rowspan=2>"
         "ranking</th><th class=name rowspan=2>sampling</th><th colspan=2>concepts trained on (vs. truth)</th>"
-        "<th colspan=3>sampled per step (vs. truth)</th><th colspan=3>zero-shot segmentation (val)</th>"
+        "<th colspan=3>sampled per step (vs. truth)</th><th colspan=4>zero-shot segmentation (val)</th>"
         "<th rowspan=2>top-1<br>(classify)</th></tr><tr><th class=gt>GT recall</th><th>GT precision</th>"
         "<th class=gt>GT recall</th><th>GT precision</th><th class=gt>GT recall over 10 steps</th>"
-        "<th>mIoU</th><th>mIoU whole-image</th>"
+        "<th>mIoU</th><th>mIoU with LC</th><th>mIoU whole-image</th>"
         "<th>mIoU group bound</th></tr>"
     )
     body = []
@@ -191,6 +191,7 @@ def _ablation_table(results: dict[str, Any]) -> str:
             + _pct(r.get("sampled_precision"))
             + _gt_cell(r.get("sampled_coverage"))
             + _pct(r.get("miou"), std.get("miou"))
+            + _pct(r.get("miou_lc"), std.get("miou_lc"))
             + _pct(r.get("miou_whole_image"), std.get("miou_whole_image"))
             + _pct(r.get("miou_group_bound"), std.get("miou_group_bound"))
             + _pct(r.get("top1"), std.get("top1"))

@@ -178,27 +178,31 @@ def evaluate_model(
     Writes ``out_json`` with ``seg`` and ``cls`` (the evaluation's own JSON, scores in percent); a CLIP
     model gets classification only, unless ``method`` reads it densely (``maskclip``, ``sclip``,
     ``naclip``: the same protocol as GroupViT, each patch a group). ``predictions``: folder for the val
-    label maps.
+    label maps. Prompts follow the published protocol (one template for segmentation, the 7-template subset
+    for classification); segmentation is scored twice, plain (``seg``) and with PAMR local consistency
+    (``seg_lc``, the paper's "LC" rows).
     """
     from cocu.data.skips import SkipCounter
-    from cocu.evaluation.benchmarks import get_benchmark, prompt_templates
+    from cocu.evaluation.benchmarks import CLS_TEMPLATES, get_benchmark, prompt_templates
     from cocu.evaluation.cls_eval import evaluate_classification, open_image_folder
     from cocu.evaluation.datasets import open_dataset
     from cocu.evaluation.dense_clip import load_seg_model
     from cocu.evaluation.seg_eval import SegEvalOptions, evaluate_segmentation
 
     zs = load_seg_model(str(model_dir), method, "cpu")
-    templates = prompt_templates("imagenet80")
     report: dict[str, Any] = {"model": str(model_dir), "family": zs.family, "method": method}
     if zs.family == "groupvit" or method != "groupvit":
         spec = get_benchmark("folder")
         skips = SkipCounter()
         dataset = open_dataset(spec, world / "val", skips)
         proto = spec.protocol(zs.image_size)
-        options = SegEvalOptions(save_predictions=predictions, diagnostics=True, templates=templates, progress=True)
+        options = SegEvalOptions(save_predictions=predictions, diagnostics=True, progress=True)
         report["seg"] = evaluate_segmentation(zs, dataset, proto, options, skips).to_json()
+        lc_proto = spec.protocol(zs.image_size, local_consistency=True)
+        lc_data = open_dataset(spec, world / "val", SkipCounter())
+        report["seg_lc"] = evaluate_segmentation(zs, lc_data, lc_proto, SegEvalOptions(progress=True), SkipCounter()).to_json()
     folder = open_image_folder(world / "classify")
-    report["cls"] = evaluate_classification(zs, folder, templates, progress=True).to_json()
+    report["cls"] = evaluate_classification(zs, folder, prompt_templates(CLS_TEMPLATES), progress=True).to_json()
     atomic_write_json(out_json, report)
     return {
         "miou": report.get("seg", {}).get("miou"),

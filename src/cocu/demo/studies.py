@@ -18,7 +18,7 @@ from cocu.demo.concepts import PretrainSample, row_concept_stats
 from cocu.demo.metrics import EVAL_KEYS, aggregate_seeds, gap_closed, score_concepts
 from cocu.demo.settings import AblationRow
 
-CURVE_KEYS: tuple[str, ...] = ("miou", "miou_whole_image", "miou_group_bound", "top1")
+CURVE_KEYS: tuple[str, ...] = ("miou", "miou_lc", "miou_whole_image", "miou_group_bound", "top1")
 CONCEPT_ROWS: tuple[str, ...] = ("baseline", "cocu", "oracle")
 
 
