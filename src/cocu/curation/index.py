@@ -282,8 +282,8 @@ def choose_kind(kind: str, n: int, dim: int, exact_max: int, max_memory: float |
             return candidate
     need = estimate_memory(candidates[-1], n, dim, **shape)
     raise ValueError(
-        f"a {candidates[-1]} index over {n} x {dim} vectors needs about {need / 1e9:.2f} GB, more than "
-        f"--max-memory {budget / 1e9:.2f} GB; raise --max-memory or choose a more compact --kind (ivfpq)"
+        f"a {candidates[-1]} index over {n} x {dim} vectors needs about {need / 1e9:.3g} GB, more than "
+        f"--max-memory {budget / 1e9:.3g} GB; raise --max-memory or choose a more compact --kind (ivfpq)"
     )
 
 
@@ -514,12 +514,17 @@ def index_embeddings(
     :class:`IndexInfo` (with the rows' fingerprint) in ``index_info.json``. ``options`` go to
     :func:`build_index`."""
     out = Path(out_dir)
+    shape = {key: options[key] for key in ("nlist", "pq_m", "hnsw_m", "train_size") if key in options}
+    sets = [(name, _as_parts(vectors), filename)
+            for name, vectors, filename in (("image", image, IMAGE_INDEX), ("caption", text, CAPTION_INDEX))
+            if vectors is not None]
+    for _, parts, _ in sets:  # refuse what cannot fit before building anything
+        choose_kind(options.get("kind", "auto"), len(parts), parts.dim, options.get("exact_max", DEFAULT_EXACT_MAX),
+                    options.get("max_memory"), **shape)
     out.mkdir(parents=True, exist_ok=True)
     infos: dict[str, IndexInfo] = {}
-    for name, vectors, filename in (("image", image, IMAGE_INDEX), ("caption", text, CAPTION_INDEX)):
-        if vectors is None:
-            continue
-        infos[name] = build_index(vectors, out / filename, **options)
+    for name, parts, filename in sets:
+        infos[name] = build_index(parts, out / filename, **options)
     atomic_write_json(out / INFO_FILE, {name: info.to_dict() for name, info in infos.items()})
     return infos
 
