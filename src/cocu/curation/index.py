@@ -415,6 +415,7 @@ def make_index(
             tune_ids, held_ids = np.sort(rows[: (len(rows) + 1) // 2]), np.sort(rows[(len(rows) + 1) // 2 :])
             if held_ids.size == 0:
                 held_ids = tune_ids
+            logger.info("exact neighbours of %d check rows, then tuning", len(tune_ids) + len(held_ids))
             _, truth = exact_neighbors(parts, parts.rows(np.concatenate([tune_ids, held_ids])), k_check + 1)
             setting, tune_recall, _ = _tune(
                 index, parts, chosen, parts.rows(tune_ids), tune_ids, truth[: len(tune_ids)], k_check,

@@ -147,10 +147,7 @@ def _join_lists(
     """For each list in ``which``: ``(member rows [m], scores [m, k'], ids [m, k'])``, ``k' = min(k, c)``."""
     offsets, members = _ivf_lists(ivf)
     nlist = ivf.nlist
-    centroids = ivf.quantizer.reconstruct_n(0, nlist)  # [nlist, d]
-    gram = centroids @ centroids.T  # [nlist, nlist]
-    np.fill_diagonal(gram, np.inf)  # a list probes itself first
-    probed = _top(gram, max(1, min(lists_probed, nlist)))[1]  # [nlist, P]
+    probed = _probed_lists(ivf, lists_probed)  # [nlist, P]
     for i in tqdm(which, desc="self-join", unit="list", disable=not progress, mininterval=2.0):
         rows = members[offsets[i] : offsets[i + 1]]  # [m]
         if rows.size == 0:
@@ -159,6 +156,20 @@ def _join_lists(
         own = vectors.rows(rows)  # [m, d]
         found, position = _top(own @ vectors.rows(candidates).T, k)  # [m, min(k, c)] each
         yield rows, found, candidates[position]
+
+
+def _probed_lists(ivf: faiss.IndexIVF, lists_probed: int, block: int = 1024) -> np.ndarray:
+    """int64 [nlist, P]: per list, the ``P`` lists with the nearest centroids, itself first (centroid Gram
+    matrix by blocks of rows, so 16k lists do not need a 1 GiB matrix)."""
+    nlist = ivf.nlist
+    centroids = ivf.quantizer.reconstruct_n(0, nlist)  # [nlist, d]
+    probes = max(1, min(lists_probed, nlist))
+    out = np.empty((nlist, probes), dtype=np.int64)
+    for start in range(0, nlist, block):
+        gram = centroids[start : start + block] @ centroids.T  # [b, nlist]
+        gram[np.arange(gram.shape[0]), np.arange(start, start + gram.shape[0])] = np.inf  # a list probes itself first
+        out[start : start + gram.shape[0]] = _top(gram, probes)[1]
+    return out
 
 
 def ivf_self_knn(

@@ -283,6 +283,8 @@ def run_curation_stage(
     """
     store = open_store(emb_dirs, cfg.expansion)
     n = len(store)
+    logger.info("embeddings: %d rows of dim %d in %d part(s), memory-mapped and checked", n, store.dim,
+                len(store.image.arrays))
     rejected = dict(store.rejected)
     vocab_dir, index_dir = run / "vocab", run / "index"
     vocab = _vocabulary(vocab_dir)
@@ -305,6 +307,7 @@ def run_curation_stage(
         _concept_lists(lists_path, stage_id, store, vocab)
     ranks.barrier()
     caption_ids, true = _concept_lists(lists_path, stage_id, store, vocab)
+    logger.info("caption concepts of %d rows ready (%d in all)", n, caption_ids.indices.shape[0])
     samples_in = n + sum(rejected.values())
     anchors = first_occurrences(store.keys)  # int64 [a]: rows whose key was not seen before
     if anchors.shape[0] < n:
@@ -328,6 +331,7 @@ def run_curation_stage(
         logger.info("curating %d of %d part(s) (%d anchors each; %d by this rank)", len(todo_all), num_parts,
                     cfg.chunk_size, len(todo))
         table = _self_join(run, index, store.image, cfg, todo_all, stage_id, ranks)
+        logger.info("neighbours ready (%s); curating", "self-join" if table is not None else "index search")
         search = None
         if table is None:
             search = index_search(index_mod.searcher_for(index, searched, params), cfg.threads)
@@ -347,6 +351,7 @@ def run_curation_stage(
             write_part(part_path(run, i), part, meta)
             progress.update(rows.shape[0])
         progress.close()
+        logger.info("wrote %d archive part(s)", len(todo))
     ranks.barrier()
     stats = []
     for b in bounds:

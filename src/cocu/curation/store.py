@@ -87,8 +87,10 @@ class VectorParts:
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"row ids out of range 0..{len(self) - 1}")
         part = np.searchsorted(self.offsets, ids, side="right") - 1
-        for p in np.unique(part):
-            where = np.flatnonzero(part == p)
+        order = np.argsort(part, kind="stable")  # group the ids by part, keeping their order within a part
+        bounds = np.searchsorted(part[order], np.arange(len(self.arrays) + 1))
+        for p in np.flatnonzero(np.diff(bounds)):
+            where = order[bounds[p] : bounds[p + 1]]
             local = ids[where] - self.offsets[p]
             contiguous = local[-1] - local[0] == local.size - 1 and bool(np.all(np.diff(local) == 1))
             out[where] = self.arrays[p][local[0] : local[-1] + 1] if contiguous else self.arrays[p][local]
