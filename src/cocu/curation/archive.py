@@ -127,7 +127,8 @@ def archive_table(
 ) -> pa.Table:
     """Build one archive part.
 
-    ``keys``/``captions``: string arrays (or chunked arrays, one chunk per embedding part) of the whole data set; ``anchor_rows``: int64 [b] the part's rows;
+    ``keys``/``captions``: string arrays (or chunked arrays, one chunk per embedding part) of the whole data
+    set; ``anchor_rows``: int64 [b] the part's rows;
     ``caption_sizes`` int64 [b] and ``caption_concepts`` int64 [sum] the anchors' caption concept ids (CSR
     values); ``neighbor_ids``: int64 [b, k] global rows (-1 = none); ``clusters``: int [b, m] aligned with
     ``padded``; ``concept_names``: string array of the vocabulary.

@@ -97,7 +97,8 @@ class ChunkResult:
 class Curator:
     """Curates chunks of anchors against a fixed data set and index.
 
-    ``image_emb``: the unit image embeddings [n, d] (memory-mapped parts, or an array); ``captions``: caption concept ids per row; ``concept_emb``:
+    ``image_emb``: the unit image embeddings [n, d] (memory-mapped parts, or an array); ``captions``: caption
+    concept ids per row; ``concept_emb``:
     float32 [V, d] L2-normalised prompt embeddings; ``search``: nearest-neighbour search over the image
     embeddings (``vision``) or the caption embeddings (``lang``) returning global row ids; ``neighbor_table``:
     int64 [n, k] every row's neighbours already found (self excluded, e.g. by :func:`.knn.self_neighbors`;

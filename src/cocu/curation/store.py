@@ -19,7 +19,6 @@ checked against the folder it is used with.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocu.curation import embed as emb_mod
-
-logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
 """Rows converted to float32 at once when streaming a set."""
@@ -98,7 +95,9 @@ class VectorParts:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
-    def chunks(self, chunk: int = CHUNK_ROWS, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(
+        self, chunk: int = CHUNK_ROWS, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, float32 [c, d] unit rows)`` over rows ``start..stop``, ``chunk`` rows at a time."""
         stop = len(self) if stop is None else stop
         for first in range(start, stop, chunk):
@@ -134,10 +133,9 @@ def rows_fingerprint(vectors: VectorParts, samples: int = FINGERPRINT_ROWS) -> s
 
 @dataclass
 class MetaPart:
-    """One metadata part streamed by :meth:`EmbeddingStore.iter_meta`: its first row, captions and ground truth
-    (``None`` when the part has no ``true_concepts`` column)."""
+    """One metadata part streamed by :meth:`EmbeddingStore.iter_meta`: its captions and ground truth (``None``
+    when the part has no ``true_concepts`` column)."""
 
-    start: int
     captions: pa.Array
     truth: pa.Array | None
 
@@ -164,7 +162,9 @@ class EmbeddingStore:
                 image_file = emb_mod.img_path(folder, suffix)
                 text_file, meta_file = emb_mod.text_path(folder, suffix), emb_mod.meta_path(folder, suffix)
                 if not meta_file.is_file():
-                    raise FileNotFoundError(f"{meta_file} is missing (its part {image_file} exists); rerun `cocu embed`")
+                    raise FileNotFoundError(
+                        f"{meta_file} is missing (its part {image_file} exists); rerun `cocu embed`"
+                    )
                 image = _open(image_file)
                 rows = pq.ParquetFile(meta_file).metadata.num_rows
                 columns = pq.read_schema(meta_file).names
@@ -197,7 +197,9 @@ class EmbeddingStore:
         self.image = VectorParts(images, image_paths)
         self.text = VectorParts(texts, text_paths) if texts else None
         if self.text is not None and self.text.dim != self.image.dim:
-            raise ValueError(f"image and text embeddings of {self.dirs} have dimensions {self.image.dim}/{self.text.dim}")
+            raise ValueError(
+                f"image and text embeddings of {self.dirs} have dimensions {self.image.dim}/{self.text.dim}"
+            )
         self.meta_files = metas
         self.keys = pa.chunked_array(keys, pa.string())
         self.captions = pa.chunked_array(captions, pa.string())
@@ -222,15 +224,13 @@ class EmbeddingStore:
 
     def iter_meta(self) -> Iterator[MetaPart]:
         """Captions and ground truth part by part, in row order."""
-        start = 0
         for meta in self.meta_files:
             names = pq.read_schema(meta).names
             columns = ["caption"] + (["true_concepts"] if "true_concepts" in names else [])
             table = pq.read_table(meta, columns=columns)
             captions = table.column("caption").cast(pa.string()).fill_null("").combine_chunks()
             truth = table.column("true_concepts").combine_chunks() if "true_concepts" in names else None
-            yield MetaPart(start, captions, truth)
-            start += table.num_rows
+            yield MetaPart(captions, truth)
 
     def check_finite(self) -> None:
         where = ", ".join(map(str, self.dirs))
