@@ -138,7 +138,9 @@ PHASES = {
               ("exact neighbours of check rows, tuning", "exact neighbours of"), ("write and exit", "wrote ")],
     "archive": [("start-up, open and check embeddings", None), ("caption concepts", "embeddings: "),
                 ("keys, duplicates, finished parts", "caption concepts of"),
-                ("self-join (with its recall check)", "self-join of"), ("self-join", "IVF self-join probing"),
+                ("self-join: exact neighbours of its check rows", "self-join of"),
+                ("self-join: fewest lists probed for its recall", "IVF self-join probing"),
+                ("self-join", "IVF self-join of every row"),
                 ("curate and write parts", "neighbours ready"), ("summary and exit", "wrote ")],
 }
 

@@ -106,7 +106,7 @@ def test_self_join_picks_exact_for_a_flat_index_and_reports_ivf_recall():
     table = np.zeros((3000, 6), dtype=np.int64)
     joined = self_join(ivf, x, 6, table, n_check=300)
     assert joined is not None and joined.method == "ivf"
-    assert joined.params["lists_probed"] == faiss.extract_index_ivf(ivf).nprobe + 1
+    assert 2 <= joined.params["lists_probed"] <= max(2, faiss.extract_index_ivf(ivf).nprobe + 1)
     truth = exact_table[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
     found = table[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
     measured = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(found, truth)])
@@ -143,3 +143,11 @@ def test_ivf_self_knn_of_a_subset_equals_those_rows_of_the_full_join():
     sub_scores, sub_ids = ivf_self_knn(VectorParts.from_array(x), ivf, 6, 3, rows=rows)
     np.testing.assert_array_equal(sub_ids, ids[rows])
     np.testing.assert_array_equal(sub_scores, scores[rows])
+
+
+def test_ivf_self_join_probes_the_fewest_lists_that_reach_its_recall_target():
+    x = _clustered(3000, 16, 30, seed=14)
+    ivf, _ = make_index(x, kind="ivf", nlist=32, nprobe=8)
+    joined = self_join(ivf, x, 6, np.zeros((3000, 6), dtype=np.int64))
+    assert joined is not None and joined.recall_at_k >= 0.97
+    assert joined.params["lists_probed"] < 9  # not the index's nprobe + 1
