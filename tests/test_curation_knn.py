@@ -106,7 +106,7 @@ def test_self_join_picks_exact_for_a_flat_index_and_reports_ivf_recall():
     table = np.zeros((3000, 6), dtype=np.int64)
     joined = self_join(ivf, x, 6, table, n_check=300)
     assert joined is not None and joined.method == "ivf"
-    assert 2 <= joined.params["lists_probed"] <= max(2, faiss.extract_index_ivf(ivf).nprobe + 1)
+    assert 2 <= joined.params["lists_probed"] <= max(4, 2 * (faiss.extract_index_ivf(ivf).nprobe + 1))
     truth = exact_table[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
     found = table[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
     measured = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(found, truth)])
@@ -150,4 +150,22 @@ def test_ivf_self_join_probes_the_fewest_lists_that_reach_its_recall_target():
     ivf, _ = make_index(x, kind="ivf", nlist=32, nprobe=8)
     joined = self_join(ivf, x, 6, np.zeros((3000, 6), dtype=np.int64))
     assert joined is not None and joined.recall_at_k >= 0.97
-    assert joined.params["lists_probed"] < 9  # not the index's nprobe + 1
+    assert joined.params["lists_probed"] < 9  # fewer than the index's nprobe + 1
+
+
+def test_compact_index_with_hnsw_coarse_quantiser_is_mapped_joined_and_reranked(tmp_path, monkeypatch):
+    from cocu.curation import index as index_mod
+    from cocu.curation.store import VectorParts
+
+    monkeypatch.setattr(index_mod, "HNSW_COARSE_NLIST", 16)  # the 10M-row layout, at 3000 rows
+    x = _clustered(3000, 16, 30, seed=15)
+    built, info = make_index(x, kind="ivfpq", nlist=16, n_check=200, target_recall=0.95)
+    assert info.params["factory"] == "IVF16_HNSW32,PQ4x4fs" and info.recall_at_k >= 0.95
+    index_mod.write_index(built, tmp_path / "image.index")
+    mapped = index_mod.load_index(tmp_path / "image.index", 16, 3000, mmap=True)
+    table = np.zeros((3000, 5), dtype=np.int64)
+    assert self_join(mapped, x, 5, table) is not None
+    exact = self_neighbors(x, 5)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(table, exact)]) >= 0.95
+    _, ids = index_mod.searcher_for(mapped, VectorParts.from_array(x), info.params)(x[:50], 6)
+    assert np.mean([len(set(a[1:]) & set(b)) / 5 for a, b in zip(ids, exact[:50])]) >= 0.9

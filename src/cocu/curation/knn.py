@@ -39,8 +39,8 @@ BLOCK = 8192
 SUB_BLOCK = 2048
 """Rows of block ``i`` multiplied at once, so a product tile stays small enough to be re-read from cache."""
 JOIN_TARGET = 0.97
-"""The IVF self-join probes the fewest lists (from 2 up to the index's ``nprobe + 1``) whose recall@k on the
-check rows reaches this (a margin over the 0.95 floor for the check's sampling error)."""
+"""The IVF self-join probes the fewest lists (from 2 up to twice the index's ``nprobe + 1``, at least 4) whose
+recall@k on the check rows reaches this (a margin over the 0.95 floor for the check's sampling error)."""
 
 
 class _Heaps:
@@ -282,8 +282,8 @@ def self_join(
     into ``table`` (int64 [n, k], writable, e.g. a memory-mapped file; self excluded, -1 = none) by the
     self-join that fits the index, or return ``None`` when there is none (HNSW and other kinds) or when the
     IVF join's recall@k, measured on ``n_check`` rows, falls below ``min_recall`` (the caller then searches
-    the index row by row). IVF probes the fewest lists, from 2 up to one more than the index's own
-    ``nprobe``, whose recall reaches :data:`JOIN_TARGET`.
+    the index row by row). IVF probes the fewest lists, from 2 up to twice the index's own ``nprobe + 1``
+    (at least 4), whose recall reaches :data:`JOIN_TARGET`.
 
     With ``world`` > 1 this rank fills only the rows of the lists ``i`` with ``i % world == rank`` (exact:
     rank 0 fills all); every rank takes the same decision (the check rows depend on ``seed`` only), and
@@ -302,7 +302,7 @@ def self_join(
         n = len(parts)
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n_check, n), replace=False))
         _, truth = exact_neighbors(parts, parts.rows(rows), k + 1)
-        most = max(2, int(ivf.nprobe) + 1)
+        most = min(int(ivf.nlist), max(4, 2 * (int(ivf.nprobe) + 1)))
         for lists_probed in range(2, most + 1):  # the join's cost grows with the lists probed: fewest that do
             found = _without_self(*ivf_self_knn(parts, ivf, k + 1, lists_probed, rows=rows), rows)
             recall = recall_at_k(found, truth, k, rows)
