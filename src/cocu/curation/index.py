@@ -16,7 +16,8 @@ Kinds:
   IVF4096 + SQ8 + exact re-ranking answered ~13-15k queries/s at recall@8 0.998 (nprobe 2) against ~10k
   for IVF4096-flat at the same recall (it reads 4x fewer bytes per scanned vector); at 200k, ivfsq 21.9k,
   ivf 14.2k, 4-bit fast-scan PQ 6.8k (it needed re-ranking factor 32 for recall 0.95) and HNSW32 4.1k
-  (efSearch 96, and 219 s to build 200k). An HNSW coarse quantizer was neither faster nor as accurate.
+  (efSearch 96, and 219 s to build 200k). At 1M an HNSW coarse quantizer was neither faster nor as
+  accurate (those figures were taken with faiss' in-memory re-ranking, ``RFlat``).
 
 The index holds only compact codes (no copy of the full vectors: re-ranking reads them from the parts),
 and ``--max-memory`` bounds it: :func:`estimate_memory` is checked before building, ``auto`` takes the
@@ -31,7 +32,8 @@ recall@k (k = ``k_check``, the query's own row left out of both lists) against e
 ``target_recall`` with two standard errors to spare is kept. Its recall is then measured on another
 ``n_check`` held-out rows (so the reported value is not flattered by the choice) and returned, with the
 throughput of that check, in :class:`IndexInfo` (stored by :func:`index_embeddings` in
-``index_info.json``); the search parameters are saved in the index file.
+``index_info.json``, with the rows' fingerprint that :func:`check_rows` compares); ``nprobe`` / ``efSearch``
+are saved in the index file, the re-ranking factor in ``index_info.json``.
 """
 
 from __future__ import annotations
