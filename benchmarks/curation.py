@@ -46,10 +46,11 @@ import pyarrow as pa
 from cocu.curation.archive import archive_table, part_path, write_part
 from cocu.curation.engine import Curator, CurationParams
 from cocu.curation.expand import CaptionConcepts, find_neighbors
-from cocu.curation.index import exact_neighbors, faiss_threads, make_index, recall_at_k
+from cocu.curation.index import Searcher, exact_neighbors, faiss_threads, make_index, recall_at_k, searcher_for
 from cocu.curation.knn import self_join, self_neighbors, worth_self_join
 from cocu.curation.pipeline import index_search
 from cocu.curation.rank import EPS
+from cocu.curation.store import VectorParts
 
 TOPIC = 6
 MAX_CAPTION = 5
@@ -138,10 +139,10 @@ def curate_timed(
 
 
 def time_search(
-    index, threads: int, images: np.ndarray, anchors: np.ndarray, k: int, chunk: int
+    searcher: Searcher, threads: int, images: np.ndarray, anchors: np.ndarray, k: int, chunk: int
 ) -> tuple[float, float]:
-    """(wall s, process CPU s) per anchor of searching ``index`` chunk by chunk (the per-query path)."""
-    search = index_search(index, threads)
+    """(wall s, process CPU s) per anchor of searching chunk by chunk (the per-query path)."""
+    search = index_search(searcher, threads)
     start, cpu = time.perf_counter(), time.process_time()
     for lo in range(0, len(anchors), chunk):
         rows = anchors[lo : lo + chunk]
@@ -168,12 +169,13 @@ def exact_goal(args, out: Path) -> dict:
     with faiss_threads(args.threads):
         start, cpu = time.perf_counter(), time.process_time()
         table = self_neighbors(images, args.neighbors, threads=args.threads) if self_join else None
-        search = None if self_join else index_search(index, args.threads)
+        search = None if self_join else index_search(Searcher(index), args.threads)
         curator = Curator(images, captions, concept_emb, search, params, neighbor_table=table)
         setup_s, setup_cpu = time.perf_counter() - start, time.process_time() - cpu
         ours_s, ours_cpu, results = curate_timed(curator, anchors, args.chunk, out / "exact", args.n_exact, args.vocab)
         ours_s, ours_cpu = ours_s + setup_s, ours_cpu + setup_cpu
-        search_wall, search_cpu = time_search(index, args.threads, images, anchors[:2048], args.neighbors, args.chunk)
+        search_wall, search_cpu = time_search(Searcher(index), args.threads, images, anchors[:2048], args.neighbors,
+                                              args.chunk)
         loop_anchors = anchors[:: max(1, len(anchors) // args.loop_anchors)][: args.loop_anchors]
         start, cpu = time.perf_counter(), time.process_time()
         reference = {
@@ -226,10 +228,12 @@ def approx_goal(args, out: Path) -> dict:
     with faiss_threads(args.threads):
         t0, cpu0 = time.perf_counter(), time.process_time()
         # the pipeline's rule (cocu.curation.pipeline): a self-join when at least half the rows are anchors
-        joined = self_join(index, images, args.neighbors, threads=args.threads, seed=args.seed) \
+        searcher = searcher_for(index, VectorParts.from_array(images), info.params)
+        table = np.empty((args.n_approx, args.neighbors), dtype=np.int64)
+        joined = self_join(index, images, args.neighbors, table, threads=args.threads, seed=args.seed) \
             if worth_self_join(args.n_approx, count) and not args.per_query else None
-        search = None if joined is not None else index_search(index, args.threads)
-        table = None if joined is None else joined.neighbors
+        search = None if joined is not None else index_search(searcher, args.threads)
+        table = None if joined is None else table
         curator = Curator(images, captions, concept_emb, search, params, neighbor_table=table)
         setup_s, setup_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         how = "per-query index search" if joined is None else f"{joined.method} self-join {joined.params}"
@@ -240,7 +244,7 @@ def approx_goal(args, out: Path) -> dict:
             curator, anchors, args.chunk, out / "approx", args.n_approx, args.vocab
         )
         search_wall, search_cpu = time_search(
-            index, args.threads, images, anchors[: min(count, 4 * args.chunk)], args.neighbors, args.chunk
+            searcher, args.threads, images, anchors[: min(count, 4 * args.chunk)], args.neighbors, args.chunk
         )
         check = np.random.default_rng(args.seed + 2).choice(count, size=min(1000, count), replace=False)
         _, truth = exact_neighbors(images, images[check], args.neighbors + 1)

@@ -144,7 +144,7 @@ def test_rerun_after_a_kill_redoes_only_the_missing_part(base_run, tmp_path):
     assert _mtimes(out, "emb", "vocab", "index", "curation/archive-0.parquet", "curation/archive-2.parquet") == before
     assert read_archive(out).keys() == good
     # one part of three left: the first run's self-join is reused, not searched again
-    searched = json.loads((out / "curation" / "neighbor_search.json").read_text())
+    searched = json.loads((out / "cache" / "neighbor_search.json").read_text())
     assert searched["method"] == "exact self-join" and searched["cached"] is True and searched["parts"] == [1]
     assert read_archive(out) == read_archive(base)
 
@@ -153,10 +153,10 @@ def test_rerun_without_the_kept_join_searches_the_index_for_the_missing_part(bas
     data, vocab, good, base = base_run
     out = _copy_run(base, tmp_path / "run")
     (out / "curation" / "archive-1.parquet").unlink()
-    (out / "curation" / "self_join.npz").unlink()
+    (out / "cache" / "self_join.npy").unlink()
     assert _curate(data, vocab, out) == 0
     # one part of three left: searching the index for it is cheaper than joining every row again
-    searched = json.loads((out / "curation" / "neighbor_search.json").read_text())
+    searched = json.loads((out / "cache" / "neighbor_search.json").read_text())
     assert searched == {"method": "index search", "parts": [1]}
     assert read_archive(out) == read_archive(base)
 

@@ -9,7 +9,7 @@ from cocu.curation.archive import ArchiveRow, archive_table, pad_sorted, read_ar
 from cocu.curation.cluster import ConceptGram, cluster_archives, kmeans_gram
 from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summarize_stats
 from cocu.curation.expand import CaptionConcepts, drop_self, expand_chunk, find_neighbors
-from cocu.curation.rank import caption_concept_cos, score_chunk
+from cocu.curation.rank import reference_cos, score_chunk
 from cocu.curation.sampling import draw_padded, sample_concepts
 
 CAT, GRASS, HORSE, SKY = 0, 1, 2, 3
@@ -52,7 +52,9 @@ def _scores_by_concept(images, captions, concept_emb, method, anchor):
     rows = np.array([anchor])
     ids, _ = find_neighbors(_brute_search(images), images[rows], rows, 2)
     chunk = expand_chunk(rows, ids, captions, concept_emb.shape[0])
-    scores = score_chunk(chunk, images[rows], concept_emb, caption_concept_cos(images, concept_emb, captions), method)
+    every = np.arange(images.shape[0])
+    scores = score_chunk(chunk, images[rows], concept_emb, reference_cos(chunk, images, every, captions, concept_emb),
+                         method)
     return {int(c): float(s) for c, s in zip(chunk.pair_concept, scores)}
 
 

@@ -8,6 +8,7 @@ from cocu.curation.engine import Curator, CurationParams
 from cocu.curation.expand import CaptionConcepts, find_neighbors
 from cocu.curation.index import make_index, search
 from cocu.curation.knn import ivf_self_knn, self_join, self_knn, self_neighbors
+from cocu.curation.store import VectorParts
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -97,15 +98,17 @@ def test_ivf_self_knn_with_one_list_scans_only_the_rows_own_list():
 def test_self_join_picks_exact_for_a_flat_index_and_reports_ivf_recall():
     x = _clustered(3000, 16, 30, seed=10)
     flat, _ = make_index(x, kind="exact")
-    exact = self_join(flat, x, 6)
+    exact_table = np.zeros((3000, 6), dtype=np.int64)
+    exact = self_join(flat, x, 6, exact_table)
     assert exact is not None and exact.method == "exact" and exact.recall_at_k is None
-    np.testing.assert_array_equal(exact.neighbors, self_neighbors(x, 6))
+    np.testing.assert_array_equal(exact_table, self_neighbors(x, 6))
     ivf, _ = make_index(x, kind="ivfsq", nlist=32)
-    joined = self_join(ivf, x, 6, n_check=300)
+    table = np.zeros((3000, 6), dtype=np.int64)
+    joined = self_join(ivf, x, 6, table, n_check=300)
     assert joined is not None and joined.method == "ivf"
-    assert joined.params["lists_probed"] == faiss.extract_index_ivf(ivf).nprobe + 1
-    truth = exact.neighbors[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
-    found = joined.neighbors[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
+    assert 2 <= joined.params["lists_probed"] <= max(4, 2 * (faiss.extract_index_ivf(ivf).nprobe + 1))
+    truth = exact_table[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
+    found = table[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))]
     measured = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(found, truth)])
     assert joined.recall_at_k == pytest.approx(measured, abs=1e-4)
     assert joined.recall_at_k >= 0.95
@@ -114,6 +117,55 @@ def test_self_join_picks_exact_for_a_flat_index_and_reports_ivf_recall():
 def test_self_join_declines_an_hnsw_index_and_a_join_below_the_recall_floor():
     x = _clustered(1500, 16, 15, seed=11)
     hnsw, _ = make_index(x, kind="hnsw")
-    assert self_join(hnsw, x, 5) is None
+    table = np.zeros((1500, 5), dtype=np.int64)
+    assert self_join(hnsw, x, 5, table) is None
     ivf, _ = make_index(x, kind="ivf", nlist=16, nprobe=1)
-    assert self_join(ivf, x, 5, min_recall=1.01) is None
+    assert self_join(ivf, x, 5, table, min_recall=1.01) is None
+
+
+def test_ivf_self_join_split_over_two_ranks_fills_the_same_table_as_one():
+    x = _clustered(2000, 16, 20, seed=12)
+    ivf, _ = make_index(x, kind="ivfsq", nlist=16)
+    single = np.full((2000, 5), -7, dtype=np.int64)
+    self_join(ivf, x, 5, single)
+    split = np.full((2000, 5), -7, dtype=np.int64)
+    infos = [self_join(ivf, x, 5, split, rank=r, world=2).info() for r in range(2)]
+    assert infos[0]["recall_at_k"] == infos[1]["recall_at_k"]
+    np.testing.assert_array_equal(split, single)
+    assert (single != -7).all()
+
+
+def test_ivf_self_knn_of_a_subset_equals_those_rows_of_the_full_join():
+    x = _clustered(1500, 16, 15, seed=13)
+    ivf, _ = make_index(x, kind="ivf", nlist=16, nprobe=2)
+    scores, ids = ivf_self_knn(x, ivf, 6, 3)
+    rows = np.array([3, 40, 41, 777, 1499])
+    sub_scores, sub_ids = ivf_self_knn(VectorParts.from_array(x), ivf, 6, 3, rows=rows)
+    np.testing.assert_array_equal(sub_ids, ids[rows])
+    np.testing.assert_array_equal(sub_scores, scores[rows])
+
+
+def test_ivf_self_join_probes_the_fewest_lists_that_reach_its_recall_target():
+    x = _clustered(3000, 16, 30, seed=14)
+    ivf, _ = make_index(x, kind="ivf", nlist=32, nprobe=8)
+    joined = self_join(ivf, x, 6, np.zeros((3000, 6), dtype=np.int64))
+    assert joined is not None and joined.recall_at_k >= 0.97
+    assert joined.params["lists_probed"] < 9  # fewer than the index's nprobe + 1
+
+
+def test_compact_index_with_hnsw_coarse_quantiser_is_mapped_joined_and_reranked(tmp_path, monkeypatch):
+    from cocu.curation import index as index_mod
+    from cocu.curation.store import VectorParts
+
+    monkeypatch.setattr(index_mod, "HNSW_COARSE_NLIST", 16)  # the 10M-row layout, at 3000 rows
+    x = _clustered(3000, 16, 30, seed=15)
+    built, info = make_index(x, kind="ivfpq", nlist=16, n_check=200, target_recall=0.95)
+    assert info.params["factory"] == "IVF16_HNSW32,PQ4x4fs" and info.recall_at_k >= 0.95
+    index_mod.write_index(built, tmp_path / "image.index")
+    mapped = index_mod.load_index(tmp_path / "image.index", 16, 3000, mmap=True)
+    table = np.zeros((3000, 5), dtype=np.int64)
+    assert self_join(mapped, x, 5, table) is not None
+    exact = self_neighbors(x, 5)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(table, exact)]) >= 0.95
+    _, ids = index_mod.searcher_for(mapped, VectorParts.from_array(x), info.params)(x[:50], 6)
+    assert np.mean([len(set(a[1:]) & set(b)) / 5 for a, b in zip(ids, exact[:50])]) >= 0.9

@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--index-kind", choices=KINDS, default="auto", help="index kind (default auto)")
     g.add_argument("--exact-max", type=int, default=DEFAULT_EXACT_MAX,
                    help=f"auto index: exact search up to this many images (default {DEFAULT_EXACT_MAX})")
+    g.add_argument("--max-memory", type=float,
+                   help="GB the index may take; it is sized to fit or refused (default: half of the RAM)")
     g.add_argument("--write-shards", action="store_true",
                    help="also write the input shards again with a {key}.concepts.json member into RUN/shards/")
     g.add_argument("--samples-per-shard", type=int, default=1000, help="with --write-shards (default 1000)")
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             index_kind=args.index_kind,
             exact_max=args.exact_max,
+            max_memory=args.max_memory,
             write_shards=args.write_shards,
             samples_per_shard=args.samples_per_shard,
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from cocu.curation.embed import load_embeddings
-from cocu.curation.index import DEFAULT_EXACT_MAX, KINDS, index_embeddings
+from cocu.curation.index import DEFAULT_EXACT_MAX, KINDS, default_max_memory, index_embeddings
+from cocu.curation.store import EmbeddingStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,22 +29,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-check", type=int, default=1000, help="query rows of the recall check (default 1000)")
     p.add_argument("--target-recall", type=float, default=0.95,
                    help="search parameters are tuned to reach this recall@k (default 0.95)")
-    p.add_argument("--nlist", type=int, help="inverted lists (default about 2*sqrt(n))")
+    p.add_argument("--nlist", type=int, help="inverted lists (default about 4*sqrt(n))")
     p.add_argument("--nprobe", type=int, help="fix nprobe instead of tuning it")
     p.add_argument("--k-factor", type=int, help="fix the re-ranking factor instead of tuning it")
     p.add_argument("--ef-search", type=int, help="fix HNSW efSearch instead of tuning it")
     p.add_argument("--threads", type=int, help="faiss threads (default: all cores)")
+    p.add_argument("--max-memory", type=float, default=default_max_memory(),
+                   help="GB the index may take: auto picks the most accurate kind that fits; a kind that does "
+                        "not fit is refused before building (default: half of this machine's RAM)")
     p.add_argument("--no-caption", action="store_true", help="build only image.index")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample and check queries")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        emb = load_embeddings(args.emb_dir)
+        store = EmbeddingStore([args.emb_dir])
+        store.check_finite()
         infos = index_embeddings(
-            emb.image,
-            None if args.no_caption else emb.text,
+            store.image,
+            None if args.no_caption else store.text,
             args.out,
             kind=args.kind,
             exact_max=args.exact_max,
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             k_factor=args.k_factor,
             ef_search=args.ef_search,
             threads=args.threads,
+            max_memory=args.max_memory,
             seed=args.seed,
         )
     except (ValueError, FileNotFoundError) as err:
@@ -64,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
         recall = "exact" if info.recall_at_k is None else f"recall@{info.k_check} {info.recall_at_k:.4f}"
         qps = "" if info.queries_per_second is None else f", {info.queries_per_second:.0f} queries/s"
         print(f"{name}: {info.kind} over {info.n} x {info.dim} ({recall}{qps}; {info.params}; "
-              f"built in {info.build_seconds:.1f} s)")
+              f"about {info.memory_bytes / 1e9:.2f} GB; built in {info.build_seconds:.1f} s)")
     print(f"wrote {args.out}")
     return 0

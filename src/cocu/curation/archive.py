@@ -109,6 +109,11 @@ def _list_column(sizes: np.ndarray, values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
 
 
+def _take(values: pa.Array | pa.ChunkedArray, rows: pa.Array) -> pa.Array:
+    taken = values.take(rows)
+    return taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+
+
 def archive_table(
     keys: pa.Array,
     captions: pa.Array,
@@ -122,7 +127,8 @@ def archive_table(
 ) -> pa.Table:
     """Build one archive part.
 
-    ``keys``/``captions``: string arrays of the whole data set; ``anchor_rows``: int64 [b] the part's rows;
+    ``keys``/``captions``: string arrays (or chunked arrays, one chunk per embedding part) of the whole data
+    set; ``anchor_rows``: int64 [b] the part's rows;
     ``caption_sizes`` int64 [b] and ``caption_concepts`` int64 [sum] the anchors' caption concept ids (CSR
     values); ``neighbor_ids``: int64 [b, k] global rows (-1 = none); ``clusters``: int [b, m] aligned with
     ``padded``; ``concept_names``: string array of the vocabulary.
@@ -131,10 +137,10 @@ def archive_table(
     nb_valid = neighbor_ids >= 0
     valid = padded.valid
     columns = [
-        keys.take(rows),
-        captions.take(rows),
+        _take(keys, rows),
+        _take(captions, rows),
         _list_column(caption_sizes, concept_names.take(pa.array(caption_concepts, type=pa.int64()))),
-        _list_column(nb_valid.sum(axis=1), keys.take(pa.array(neighbor_ids[nb_valid], type=pa.int64()))),
+        _list_column(nb_valid.sum(axis=1), _take(keys, pa.array(neighbor_ids[nb_valid], type=pa.int64()))),
         _list_column(padded.size, concept_names.take(pa.array(padded.concept[valid], type=pa.int64()))),
         _list_column(padded.size, pa.array(padded.score[valid], type=pa.float32())),
         _list_column(padded.size, pa.array(clusters[valid].astype(np.int32), type=pa.int32())),

@@ -17,8 +17,9 @@ import numpy as np
 from cocu.curation.archive import PaddedArchive, pad_sorted
 from cocu.curation.cluster import ConceptGram, cluster_archives
 from cocu.curation.expand import EXPANSIONS, CaptionConcepts, SearchFn, expand_chunk, find_neighbors
-from cocu.curation.rank import RANKINGS, caption_concept_cos, score_chunk
+from cocu.curation.rank import RANKINGS, reference_cos, score_chunk
 from cocu.curation.sampling import SAMPLINGS, draw_padded
+from cocu.curation.store import VectorParts
 
 METRIC_SETS: tuple[str, ...] = ("caption", "archive", "topL", "sampled")
 
@@ -96,16 +97,18 @@ class ChunkResult:
 class Curator:
     """Curates chunks of anchors against a fixed data set and index.
 
-    ``image_emb``: float32 [n, d] L2-normalised; ``captions``: caption concept ids per row; ``concept_emb``:
+    ``image_emb``: the unit image embeddings [n, d] (memory-mapped parts, or an array); ``captions``: caption
+    concept ids per row; ``concept_emb``:
     float32 [V, d] L2-normalised prompt embeddings; ``search``: nearest-neighbour search over the image
     embeddings (``vision``) or the caption embeddings (``lang``) returning global row ids; ``neighbor_table``:
-    int64 [n, k] every row's neighbours already found (self excluded, e.g. by :func:`.knn.self_neighbors`),
-    used instead of ``search`` (which may then be ``None``).
+    int64 [n, k] every row's neighbours already found (self excluded, e.g. by :func:`.knn.self_neighbors`;
+    may be a memory-mapped file), used instead of ``search`` (which may then be ``None``). Only a chunk's
+    anchors and their neighbours are read from ``image_emb`` at a time.
     """
 
     def __init__(
         self,
-        image_emb: np.ndarray,
+        image_emb: np.ndarray | VectorParts,
         captions: CaptionConcepts,
         concept_emb: np.ndarray,
         search: SearchFn | None,
@@ -113,6 +116,8 @@ class Curator:
         truth: TrueConcepts | None = None,
         neighbor_table: np.ndarray | None = None,
     ) -> None:
+        if not isinstance(image_emb, VectorParts):
+            image_emb = VectorParts.from_array(np.asarray(image_emb))
         if image_emb.shape[0] != len(captions):
             raise ValueError(f"{image_emb.shape[0]} image embeddings but {len(captions)} caption concept lists")
         if image_emb.shape[1] != concept_emb.shape[1]:
@@ -132,9 +137,6 @@ class Curator:
         self.search = search
         self.params = params
         self.truth = truth if truth is not None and truth.known.any() else None
-        self.caption_cos = (
-            caption_concept_cos(image_emb, self.concept_emb, captions) if params.ranking != "naive" else None
-        )
         self.gram = ConceptGram(self.concept_emb) if params.sampling == "cluster" else None
 
     def neighbors(self, rows: np.ndarray) -> np.ndarray:
@@ -142,7 +144,7 @@ class Curator:
         if self.neighbor_table is not None:
             return self.neighbor_table[rows]
         assert self.search is not None
-        queries = np.ascontiguousarray(self.image_emb[rows])  # [b, d]
+        queries = self.image_emb.rows(rows)  # [b, d]
         return find_neighbors(self.search, queries, rows, self.params.neighbors)[0]
 
     def curate_rows(
@@ -152,11 +154,18 @@ class Curator:
         ``neighbor_ids``: :meth:`neighbors` of ``rows`` if already searched."""
         p = self.params
         rows = np.asarray(rows, dtype=np.int64)
-        queries = np.ascontiguousarray(self.image_emb[rows])  # [b, d]
         if neighbor_ids is None:
             neighbor_ids = self.neighbors(rows)
+        neighbor_ids = np.asarray(neighbor_ids, dtype=np.int64)
         chunk = expand_chunk(rows, neighbor_ids, self.captions, self.concept_emb.shape[0])
-        scores = score_chunk(chunk, queries, self.concept_emb, self.caption_cos, p.ranking)  # [pairs]
+        if p.ranking == "naive":
+            queries, ref_cos = self.image_emb.rows(rows), None  # [b, d]
+        else:
+            needed = np.unique(np.concatenate([rows, chunk.ref_image]))  # [u] anchors and referenced neighbours
+            block = self.image_emb.rows(needed)  # [u, d]
+            queries = block[np.searchsorted(needed, rows)]  # [b, d]
+            ref_cos = reference_cos(chunk, block, needed, self.captions, self.concept_emb)  # [r]
+        scores = score_chunk(chunk, queries, self.concept_emb, ref_cos, p.ranking)  # [pairs]
         archive = pad_sorted(rows.shape[0], chunk.pair_anchor, chunk.pair_concept, chunk.pair_first, scores)
         if p.sampling == "cluster":
             clusters = cluster_archives(archive.concept, archive.valid, self.gram, p.labels, p.kmeans_iters)

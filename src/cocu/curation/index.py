@@ -4,10 +4,11 @@ Kinds:
 
 - ``exact``: ``IndexFlatIP``, brute force (used up to ``exact_max`` vectors by ``auto``).
 - ``ivf``: inverted lists of full vectors (``IVF{nlist},Flat``); search parameter ``nprobe``.
-- ``ivfsq``: inverted lists of 8-bit scalar-quantised vectors, re-ranked with the full vectors
-  (``IVF{nlist},SQ8,RFlat``); parameters ``nprobe`` and ``k_factor`` (candidates re-ranked = k * k_factor).
-- ``ivfpq``: inverted lists of 4-bit fast-scan product codes, re-ranked with the full vectors
-  (``IVF{nlist},PQ{m}x4fs,RFlat``); parameters ``nprobe`` and ``k_factor``.
+- ``ivfsq``: inverted lists of 8-bit scalar-quantised codes (``IVF{nlist},SQ8``, d bytes a vector),
+  re-ranked exactly with the full vectors read from the memory-mapped embedding parts (:class:`Searcher`);
+  parameters ``nprobe`` and ``k_factor`` (candidates re-ranked = k * k_factor).
+- ``ivfpq``: inverted lists of 4-bit fast-scan product codes (``IVF{nlist},PQ{m}x4fs``, m/2 bytes a
+  vector), re-ranked the same way; parameters ``nprobe`` and ``k_factor``.
 - ``hnsw``: ``IndexHNSWFlat`` graph; parameter ``efSearch``.
 - ``auto``: ``exact`` up to ``exact_max`` vectors, else :data:`AUTO_APPROXIMATE` = ``ivfsq``, chosen by
   measurement with ``benchmarks/index_choice.py`` (clustered 512-d vectors, 2 faiss threads, kinds
@@ -15,7 +16,15 @@ Kinds:
   IVF4096 + SQ8 + exact re-ranking answered ~13-15k queries/s at recall@8 0.998 (nprobe 2) against ~10k
   for IVF4096-flat at the same recall (it reads 4x fewer bytes per scanned vector); at 200k, ivfsq 21.9k,
   ivf 14.2k, 4-bit fast-scan PQ 6.8k (it needed re-ranking factor 32 for recall 0.95) and HNSW32 4.1k
-  (efSearch 96, and 219 s to build 200k). An HNSW coarse quantizer was neither faster nor as accurate.
+  (efSearch 96, and 219 s to build 200k). At 1M an HNSW coarse quantizer was neither faster nor as
+  accurate (those figures were taken with faiss' in-memory re-ranking, ``RFlat``).
+
+The index holds only compact codes (no copy of the full vectors: re-ranking reads them from the parts),
+and ``--max-memory`` bounds it: :func:`estimate_memory` is checked before building, ``auto`` takes the
+first of exact / ``ivfsq`` / ``ivfpq`` that fits and an explicit kind that does not fit is refused with
+the figure it needs. Above :data:`HNSW_COARSE_NLIST` lists the coarse quantiser is an HNSW graph (as
+autofaiss uses for large indexes), so assigning a vector to its list does not cost a scan of every
+centroid, and k-means training assigns through an HNSW graph too. Vectors are added in chunks.
 
 An approximate index is trained on a random sample, then its search parameters are tuned on
 ``n_check`` database vectors used as queries (as curation's anchors are): the cheapest setting whose
@@ -23,7 +32,8 @@ recall@k (k = ``k_check``, the query's own row left out of both lists) against e
 ``target_recall`` with two standard errors to spare is kept. Its recall is then measured on another
 ``n_check`` held-out rows (so the reported value is not flattered by the choice) and returned, with the
 throughput of that check, in :class:`IndexInfo` (stored by :func:`index_embeddings` in
-``index_info.json``); the search parameters are saved in the index file.
+``index_info.json``, with the rows' fingerprint that :func:`check_rows` compares); ``nprobe`` / ``efSearch``
+are saved in the index file, the re-ranking factor in ``index_info.json``.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from cocu.curation.store import VectorParts, rows_fingerprint
 from cocu.utils.atomic import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -55,8 +66,15 @@ thread barriers cost more than they save, and on a busy machine they cost second
 IMAGE_INDEX, CAPTION_INDEX, INFO_FILE = "image.index", "caption.index", "index_info.json"
 TRAIN_PER_LIST = 40
 """Default k-means training rows per inverted list (faiss asks for at least 39)."""
+MAX_TRAIN = 262_144
+"""At most this many training rows (their float32 copy is the build's largest temporary)."""
+HNSW_COARSE_NLIST = 8192
+"""From this many lists on, the coarse quantiser is ``HNSW32`` instead of a flat scan of the centroids."""
+ADD_CHUNK = 65_536
+SPOT_CHECK_ROWS = 64
 NPROBE_GRID: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 K_FACTOR_GRID: tuple[int, ...] = (2, 4, 8, 16, 32)
+RERANKED = ("ivfsq", "ivfpq")
 EF_SEARCH_GRID: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
@@ -73,6 +91,8 @@ class IndexInfo:
     n_check: int = 0
     queries_per_second: float | None = None
     build_seconds: float = 0.0
+    fingerprint: str | None = None
+    memory_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +120,15 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _as_parts(vectors: np.ndarray | VectorParts) -> VectorParts:
+    if isinstance(vectors, VectorParts):
+        return vectors
+    x = np.asarray(vectors)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"vectors must be a non-empty [n,d] array, got shape {x.shape}")
+    return VectorParts.from_array(x)
+
+
 def search(
     index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 16_384, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -118,9 +147,51 @@ def search(
     return scores, ids
 
 
-def exact_neighbors(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-``k`` (``faiss.knn`` without building an index)."""
-    return faiss.knn(_as_f32(queries), _as_f32(vectors), k, metric=faiss.METRIC_INNER_PRODUCT)
+class Searcher:
+    """Search ``index``; with ``k_factor`` the ``k * k_factor`` best candidates by the index's compact codes
+    are re-ranked by their exact inner products with the full vectors, read from ``vectors`` (memory-mapped
+    parts: nothing but the codes is held in memory)."""
+
+    def __init__(self, index: faiss.Index, vectors: VectorParts | None = None, k_factor: int | None = None) -> None:
+        if k_factor and vectors is None:
+            raise ValueError("re-ranking needs the vectors")
+        self.index, self.vectors, self.k_factor = index, vectors, k_factor
+
+    def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [n,k] float32, ids [n,k] int64)`` as :func:`search`."""
+        if not self.k_factor:
+            return search(self.index, queries, k)
+        queries = _as_f32(queries)
+        _, candidates = search(self.index, queries, k * self.k_factor)  # [n, c]
+        scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
+        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        for start in range(0, queries.shape[0], 1024):
+            cand = candidates[start : start + 1024]  # [b, c]
+            valid = cand >= 0
+            unique, inverse = np.unique(np.where(valid, cand, cand.max(initial=0).clip(0)), return_inverse=True)
+            full = self.vectors.rows(unique)  # [u, d]
+            exact = np.einsum("bcd,bd->bc", full[inverse.reshape(cand.shape)], queries[start : start + 1024])
+            exact = np.where(valid, exact, -np.inf).astype(np.float32)  # [b, c]
+            top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            scores[start : start + cand.shape[0], : top.shape[1]] = np.take_along_axis(exact, top, axis=1)
+            ids[start : start + cand.shape[0], : top.shape[1]] = np.where(
+                np.isfinite(np.take_along_axis(exact, top, axis=1)), np.take_along_axis(cand, top, axis=1), -1
+            )
+        return scores, ids
+
+
+def exact_neighbors(vectors: np.ndarray | VectorParts, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-``k`` of ``queries`` among ``vectors`` (an array, or parts streamed chunk
+    by chunk): ``(scores [q,k] float32, ids [q,k] int64)``."""
+    queries = _as_f32(queries)
+    if not isinstance(vectors, VectorParts):
+        return faiss.knn(queries, _as_f32(vectors), k, metric=faiss.METRIC_INNER_PRODUCT)
+    heap = faiss.ResultHeap(queries.shape[0], k, keep_max=True)
+    for first, block in vectors.chunks():
+        s, i = faiss.knn(queries, block, min(k, block.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(s, np.where(i >= 0, i + first, -1))
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def recall_per_query(
@@ -154,15 +225,16 @@ def default_nlist(n: int) -> int:
 
 
 def factory_string(kind: str, dim: int, nlist: int, pq_m: int | None = None, hnsw_m: int = 32) -> str:
+    coarse = f"IVF{nlist}_HNSW32" if nlist >= HNSW_COARSE_NLIST else f"IVF{nlist}"
     if kind == "exact":
         return "Flat"
     if kind == "ivf":
-        return f"IVF{nlist},Flat"
+        return f"{coarse},Flat"
     if kind == "ivfsq":
-        return f"IVF{nlist},SQ8,RFlat"
+        return f"{coarse},SQ8"
     if kind == "ivfpq":
         m = pq_m or default_pq_m(dim)
-        return f"IVF{nlist},PQ{m}x4fs,RFlat"
+        return f"{coarse},PQ{m}x4fs"
     if kind == "hnsw":
         return f"HNSW{hnsw_m},Flat"
     raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -176,27 +248,76 @@ def default_pq_m(dim: int) -> int:
     return m
 
 
+def _lists(n: int, nlist: int | None) -> int:
+    return min(nlist or default_nlist(n), max(1, n // 40))  # k-means wants >= 39 points per list
+
+
+def estimate_memory(kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int | None = None,
+                    hnsw_m: int = 32, train_size: int | None = None) -> int:
+    """Bytes a build of ``kind`` over ``n`` x ``dim`` vectors holds at its peak: the index (codes, ids,
+    centroids, graphs) plus the float32 training sample and one added chunk."""
+    if kind == "exact":
+        return n * dim * 4
+    if kind == "hnsw":
+        return n * (dim * 4 + hnsw_m * 2 * 8)
+    lists = _lists(n, nlist)
+    code = {"ivf": dim * 4, "ivfsq": dim, "ivfpq": ((pq_m or default_pq_m(dim)) + 1) // 2}[kind]
+    coarse = lists * dim * 4 + (lists * 64 * 4 if lists >= HNSW_COARSE_NLIST else 0)
+    train = min(n, train_size or min(MAX_TRAIN, TRAIN_PER_LIST * lists)) * dim * 4
+    return n * (code + 8) + coarse + train + ADD_CHUNK * dim * 8
+
+
+def default_max_memory() -> float:
+    """Half of this machine's RAM, in GB (10^9 bytes)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2e9
+
+
+def choose_kind(kind: str, n: int, dim: int, exact_max: int, max_memory: float | None, **shape: Any) -> str:
+    """The kind to build: ``auto`` = exact up to ``exact_max`` vectors, else the first of ``ivfsq``, ``ivfpq``
+    whose :func:`estimate_memory` fits ``max_memory`` GB (default :func:`default_max_memory`). Raises
+    ``ValueError`` with the figure needed when none fits."""
+    budget = (max_memory if max_memory is not None else default_max_memory()) * 1e9
+    candidates = ([] if n > exact_max else ["exact"]) + [AUTO_APPROXIMATE, "ivfpq"] if kind == "auto" else [kind]
+    for candidate in candidates:
+        need = estimate_memory(candidate, n, dim, **shape)
+        if need <= budget:
+            return candidate
+    need = estimate_memory(candidates[-1], n, dim, **shape)
+    raise ValueError(
+        f"a {candidates[-1]} index over {n} x {dim} vectors needs about {need / 1e9:.3g} GB, more than "
+        f"--max-memory {budget / 1e9:.3g} GB; raise --max-memory or choose a more compact --kind (ivfpq)"
+    )
+
+
 def _settings(kind: str, nprobe: int | None, k_factor: int | None, ef_search: int | None) -> list[dict[str, int]]:
     """Candidate search settings, cheapest first (a fixed value leaves only that value)."""
     if kind == "ivf":
         return [{"nprobe": p} for p in ([nprobe] if nprobe else NPROBE_GRID)]
-    if kind in ("ivfsq", "ivfpq"):
+    if kind in RERANKED:
         probes = [nprobe] if nprobe else NPROBE_GRID
         factors = [k_factor] if k_factor else K_FACTOR_GRID
-        grid = [{"nprobe": p, "k_factor_rf": f} for p in probes for f in factors]
-        return sorted(grid, key=lambda s: (s["nprobe"] * (1 + s["k_factor_rf"] / 16), s["k_factor_rf"]))
+        grid = [{"nprobe": p, "k_factor": f} for p in probes for f in factors]
+        return sorted(grid, key=lambda s: (s["nprobe"] * (1 + s["k_factor"] / 16), s["k_factor"]))
     if kind == "hnsw":
         return [{"efSearch": e} for e in ([ef_search] if ef_search else EF_SEARCH_GRID)]
     return [{}]
 
 
 def _apply(index: faiss.Index, setting: dict[str, int]) -> None:
-    if setting:
-        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in setting.items()))
+    """Set the index's own search parameters (the re-ranking factor belongs to :class:`Searcher`)."""
+    own = {k: v for k, v in setting.items() if k != "k_factor"}
+    if own:
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in own.items()))
+
+
+def searcher_for(index: faiss.Index, vectors: VectorParts | None, params: dict[str, Any]) -> Searcher:
+    """The :class:`Searcher` of an index with its stored parameters (``k_factor``: re-ranked)."""
+    return Searcher(index, vectors, params.get("k_factor"))
 
 
 def _tune(
     index: faiss.Index,
+    vectors: VectorParts,
     kind: str,
     queries: np.ndarray,
     query_ids: np.ndarray,
@@ -211,7 +332,7 @@ def _tune(
     for setting in _settings(kind, *fixed):
         _apply(index, setting)
         start = time.perf_counter()
-        _, found = search(index, queries, k + 1)
+        _, found = searcher_for(index, vectors, setting)(queries, k + 1)
         qps = len(queries) / max(time.perf_counter() - start, 1e-9)
         per_query = recall_per_query(found, truth, k, query_ids)
         recall = float(per_query.mean())
@@ -228,7 +349,7 @@ def _tune(
 
 
 def make_index(
-    vectors: np.ndarray,
+    vectors: np.ndarray | VectorParts,
     *,
     kind: str = "auto",
     exact_max: int = DEFAULT_EXACT_MAX,
@@ -243,42 +364,51 @@ def make_index(
     hnsw_m: int = 32,
     train_size: int | None = None,
     threads: int | None = None,
+    max_memory: float | None = None,
     seed: int = 0,
 ) -> tuple[faiss.Index, IndexInfo]:
-    """Build an inner-product index over ``vectors`` [n,d] in memory: ``(index, IndexInfo)``.
+    """Build an inner-product index over ``vectors`` [n,d] (an array, or memory-mapped parts read chunk by
+    chunk): ``(index, IndexInfo)``.
 
     ``threads``: faiss threads for the build and the check (default: 1 up to :data:`SINGLE_THREAD_MAX`
-    vectors, else every core this process may use). Approximate kinds are trained on ``train_size`` random
-    rows (default :data:`TRAIN_PER_LIST` per list), then tuned and checked against exact search on ``n_check`` rows.
+    vectors, else every core this process may use). ``max_memory``: GB the index may take (see
+    :func:`choose_kind`). Approximate kinds are trained on ``train_size`` random rows (default
+    :data:`TRAIN_PER_LIST` per list, at most :data:`MAX_TRAIN`), then tuned and checked against exact search
+    on ``n_check`` rows.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
-    x = _as_f32(vectors)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"vectors must be a non-empty [n,d] array, got shape {x.shape}")
-    n, dim = x.shape
-    chosen = ("exact" if n <= exact_max else AUTO_APPROXIMATE) if kind == "auto" else kind
+    parts = _as_parts(vectors)
+    n, dim = parts.shape
+    shape = {"nlist": nlist, "pq_m": pq_m, "hnsw_m": hnsw_m, "train_size": train_size}
+    chosen = choose_kind(kind, n, dim, exact_max, max_memory, **shape)
+    memory = estimate_memory(chosen, n, dim, **shape)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     if threads is None:
         threads = 1 if n <= SINGLE_THREAD_MAX else cpu_threads()
     with faiss_threads(threads):
-        lists = min(nlist or default_nlist(n), max(1, n // 40))  # k-means wants >= 39 points per list
+        lists = _lists(n, nlist)
         factory = factory_string(chosen, dim, lists, pq_m, hnsw_m)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         params: dict[str, Any] = {"factory": factory}
         if chosen in ("ivf", "ivfsq", "ivfpq"):
             params["nlist"] = lists
-            sample = min(n, train_size or TRAIN_PER_LIST * lists)
+            sample = min(n, train_size or min(MAX_TRAIN, TRAIN_PER_LIST * lists))
             train_rows = np.sort(rng.choice(n, size=sample, replace=False)) if sample < n else np.arange(n)
-            faiss.extract_index_ivf(index).cp.niter = 10
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.niter = 10
+            if lists >= HNSW_COARSE_NLIST:
+                ivf.clustering_index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             logger.info("training %s on %d vectors", factory, sample)
-            index.train(x[train_rows])
+            index.train(parts.rows(train_rows))
             params["train_size"] = int(sample)
         if chosen == "hnsw":
             index.hnsw.efConstruction = 40
         logger.info("adding %d vectors to %s", n, factory)
-        index.add(x)
+        for _, block in tqdm(parts.chunks(ADD_CHUNK), desc="add", unit="chunk", disable=n <= ADD_CHUNK,
+                             total=-(-n // ADD_CHUNK)):
+            index.add(block)
         recall = qps = None
         checked = 0
         if chosen != "exact":
@@ -287,13 +417,14 @@ def make_index(
             tune_ids, held_ids = np.sort(rows[: (len(rows) + 1) // 2]), np.sort(rows[(len(rows) + 1) // 2 :])
             if held_ids.size == 0:
                 held_ids = tune_ids
-            _, truth = exact_neighbors(x, x[np.concatenate([tune_ids, held_ids])], k_check + 1)
+            logger.info("exact neighbours of %d check rows, then tuning", len(tune_ids) + len(held_ids))
+            _, truth = exact_neighbors(parts, parts.rows(np.concatenate([tune_ids, held_ids])), k_check + 1)
             setting, tune_recall, _ = _tune(
-                index, chosen, x[tune_ids], tune_ids, truth[: len(tune_ids)], k_check, target_recall,
-                (nprobe, k_factor, ef_search),
+                index, parts, chosen, parts.rows(tune_ids), tune_ids, truth[: len(tune_ids)], k_check,
+                target_recall, (nprobe, k_factor, ef_search),
             )
             start_check = time.perf_counter()
-            _, found = search(index, x[held_ids], k_check + 1)
+            _, found = searcher_for(index, parts, setting)(parts.rows(held_ids), k_check + 1)
             qps = len(held_ids) / max(time.perf_counter() - start_check, 1e-9)
             recall = recall_at_k(found, truth[len(tune_ids) :], k_check, held_ids)
             checked = len(held_ids)
@@ -314,11 +445,13 @@ def make_index(
         n_check=checked,
         queries_per_second=None if qps is None else round(float(qps), 1),
         build_seconds=round(time.perf_counter() - start, 2),
+        fingerprint=rows_fingerprint(parts),
+        memory_bytes=int(memory),
     )
     return index, info
 
 
-def build_index(vectors: np.ndarray, path: str | Path, **options: Any) -> IndexInfo:
+def build_index(vectors: np.ndarray | VectorParts, path: str | Path, **options: Any) -> IndexInfo:
     """:func:`make_index` (same keyword options), then write the index to ``path`` atomically."""
     index, info = make_index(vectors, **options)
     write_index(index, path)
@@ -331,14 +464,17 @@ def write_index(index: faiss.Index, path: str | Path) -> None:
         faiss.write_index(index, str(tmp))
 
 
-def load_index(path: str | Path, expected_dim: int, expected_n: int | None = None) -> faiss.Index:
-    """Read an index written by :func:`build_index`; raises if it is missing or does not fit the
-    embeddings (dimension ``expected_dim``; and ``expected_n`` vectors, if given)."""
+def load_index(
+    path: str | Path, expected_dim: int, expected_n: int | None = None, mmap: bool = False
+) -> faiss.Index:
+    """Read an index written by :func:`build_index` (``mmap``: its inverted lists stay memory-mapped from the
+    file, not copied into memory); raises if it is missing or does not fit the embeddings (dimension
+    ``expected_dim``; and ``expected_n`` vectors, if given)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"index {path} not found; build it with `cocu index EMB_DIR --out {path.parent}`")
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
     except RuntimeError as err:
         raise ValueError(f"cannot read FAISS index {path} ({err}); rebuild it with `cocu index`") from err
     if index.d != expected_dim:
@@ -354,18 +490,44 @@ def load_index(path: str | Path, expected_dim: int, expected_n: int | None = Non
     return index
 
 
+def check_rows(index: faiss.Index, vectors: VectorParts, path: Path, fingerprint: str | None) -> None:
+    """Stop (``ValueError``) unless ``index`` numbers its rows as ``vectors`` does: by the row fingerprint
+    recorded when cocu built it, else (an index built by another tool) by searching the index for
+    :data:`SPOT_CHECK_ROWS` sampled rows, each of which must find itself among its nearest hits."""
+    fix = (f"the index {path} was not built from these embeddings in this row order (tools that read parts in "
+           "name order, 0, 1, 10, 11, 2, ..., number rows differently); rebuild it with `cocu index`")
+    if fingerprint is not None:
+        if fingerprint != rows_fingerprint(vectors):
+            raise ValueError(f"row fingerprint mismatch: {fix}")
+        return
+    n = len(vectors)
+    rows = np.unique(np.linspace(0, n - 1, num=min(SPOT_CHECK_ROWS, n)).astype(np.int64))
+    queries = vectors.rows(rows)
+    _, ids = search(index, queries, 10)
+    found = float((ids == rows[:, None]).any(axis=1).mean())  # duplicates of a row may hide it: not all need to
+    if found < 0.5:
+        raise ValueError(f"only {found:.0%} of {rows.size} sampled rows find themselves in it: {fix}")
+    logger.info("index %s: %.0f%% of %d sampled rows find themselves", path, 100 * found, rows.size)
+
+
 def index_embeddings(
-    image: np.ndarray, text: np.ndarray | None, out_dir: str | Path, **options: Any
+    image: np.ndarray | VectorParts | None, text: np.ndarray | VectorParts | None, out_dir: str | Path, **options: Any
 ) -> dict[str, IndexInfo]:
     """Build ``image.index`` (and ``caption.index`` from ``text`` if given) in ``out_dir`` and record their
-    :class:`IndexInfo` in ``index_info.json``. ``options`` go to :func:`build_index`."""
+    :class:`IndexInfo` (with the rows' fingerprint) in ``index_info.json``. ``options`` go to
+    :func:`build_index`."""
     out = Path(out_dir)
+    shape = {key: options[key] for key in ("nlist", "pq_m", "hnsw_m", "train_size") if key in options}
+    sets = [(name, _as_parts(vectors), filename)
+            for name, vectors, filename in (("image", image, IMAGE_INDEX), ("caption", text, CAPTION_INDEX))
+            if vectors is not None]
+    for _, parts, _ in sets:  # refuse what cannot fit before building anything
+        choose_kind(options.get("kind", "auto"), len(parts), parts.dim, options.get("exact_max", DEFAULT_EXACT_MAX),
+                    options.get("max_memory"), **shape)
     out.mkdir(parents=True, exist_ok=True)
     infos: dict[str, IndexInfo] = {}
-    for name, vectors, filename in (("image", image, IMAGE_INDEX), ("caption", text, CAPTION_INDEX)):
-        if vectors is None:
-            continue
-        infos[name] = build_index(vectors, out / filename, **options)
+    for name, parts, filename in sets:
+        infos[name] = build_index(parts, out / filename, **options)
     atomic_write_json(out / INFO_FILE, {name: info.to_dict() for name, info in infos.items()})
     return infos
 

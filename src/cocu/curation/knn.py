@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cocu.curation.expand import drop_self
 from cocu.curation.index import exact_neighbors, faiss_threads, recall_at_k
+from cocu.curation.store import VectorParts
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,11 @@ BLOCK = 8192
 """Rows per block of the symmetric tiling (a block pair's product is ``BLOCK x BLOCK``)."""
 SUB_BLOCK = 2048
 """Rows of block ``i`` multiplied at once, so a product tile stays small enough to be re-read from cache."""
+JOIN_BATCH = 64
+"""Lists handed to the worker threads at once."""
+JOIN_TARGET = 0.97
+"""The IVF self-join probes the fewest lists (from 2 up to twice the index's ``nprobe + 1``, at least 4) whose
+recall@k on the check rows reaches this (a margin over the 0.95 floor for the check's sampling error)."""
 
 
 class _Heaps:
@@ -122,49 +130,116 @@ def self_neighbors(vectors: np.ndarray, k: int, *, threads: int | None = None, p
     return _without_self(*self_knn(vectors, k + 1, threads=threads, progress=progress))
 
 
-def _without_self(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """int64 [n, k]: a self-join's ``k + 1`` columns with each row's own id dropped (:func:`drop_self`)."""
-    return drop_self(ids, scores, np.arange(ids.shape[0], dtype=np.int64))[0]
+def _without_self(scores: np.ndarray, ids: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """int64 [r, k]: a self-join's ``k + 1`` columns of ``rows`` (default 0..r-1) with each row's own id
+    dropped (:func:`drop_self`)."""
+    rows = np.arange(ids.shape[0], dtype=np.int64) if rows is None else rows
+    return drop_self(ids, scores, rows)[0]
 
 
-def ivf_self_knn(
-    vectors: np.ndarray, index: faiss.Index, k: int, lists_probed: int, *, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-``k`` neighbours of every row of ``vectors [n, d]`` among all rows (itself included),
-    through the inverted lists of ``index`` (an IVF index built over the same rows in the same order):
-    ``(scores [n, k] float32, ids [n, k] int64)``, best first, -1 / -inf where fewer were found.
-
-    The rows are taken list by list: the members of a list are scored, by one float32 matrix product,
-    against every member of the ``lists_probed`` lists whose centroids are nearest their list's centroid
-    (the list itself first). Unlike a per-query IVF search the probed lists are chosen per list, not per
-    row, and the scores are exact, not quantised; the recall is whatever the data give and is measured by
-    :func:`self_join`. ``benchmarks/curation.py`` at 1M clustered 512-d vectors (IVF4096, 3 lists probed,
-    2 cores): 25 us per row including the recall check, recall@8 1.0, against 75 us per query for faiss'
-    IVF-SQ8 search of the same index.
-    """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    ivf = index if isinstance(index, faiss.IndexIVF) else faiss.extract_index_ivf(index)
-    if ivf.ntotal != x.shape[0] or ivf.d != x.shape[1]:
-        raise ValueError(f"the index holds {ivf.ntotal} vectors of dim {ivf.d}; the vectors are {x.shape}")
+def _ivf_lists(ivf: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets [nlist + 1], members [n])``: the row ids of every inverted list, list after list."""
     nlist, lists = ivf.nlist, ivf.invlists
     sizes = np.array([lists.list_size(i) for i in range(nlist)], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    members = np.empty(int(offsets[-1]), dtype=np.int64)  # row ids, list after list
+    members = np.empty(int(offsets[-1]), dtype=np.int64)
     for i in np.flatnonzero(sizes):
         members[offsets[i] : offsets[i + 1]] = faiss.rev_swig_ptr(lists.get_ids(int(i)), int(sizes[i]))
-    centroids = ivf.quantizer.reconstruct_n(0, nlist)  # [nlist, d]
-    gram = centroids @ centroids.T  # [nlist, nlist]
-    np.fill_diagonal(gram, np.inf)  # a list probes itself first
-    probed = _top(gram, max(1, min(lists_probed, nlist)))[1]  # [nlist, P]
-    scores = np.full((x.shape[0], k), -np.inf, dtype=np.float32)
-    ids = np.full((x.shape[0], k), -1, dtype=np.int64)
-    for i in tqdm(np.flatnonzero(sizes), desc="self-join", unit="list", disable=not progress):
+    return offsets, members
+
+
+def _join_lists(
+    vectors: VectorParts, ivf: faiss.IndexIVF, k: int, lists_probed: int, which: np.ndarray, progress: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each list in ``which``: ``(member rows [m], scores [m, k'], ids [m, k'])``, ``k' = min(k, c)``."""
+    offsets, members = _ivf_lists(ivf)
+    probed = _probed_lists(ivf, lists_probed)  # [nlist, P]
+    which = [int(i) for i in which if offsets[i + 1] > offsets[i]]
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = members[offsets[i] : offsets[i + 1]]  # [m]
         candidates = np.concatenate([members[offsets[j] : offsets[j + 1]] for j in probed[i]])  # [c]
-        found, position = _top(x[rows] @ x[candidates].T, k)  # [m, min(k, c)] each
-        scores[rows, : found.shape[1]] = found
-        ids[rows, : found.shape[1]] = candidates[position]
+        own = torch.from_numpy(vectors.rows(rows))  # [m, d]
+        scores = (own @ torch.from_numpy(vectors.rows(candidates)).T).numpy()  # [m, c]
+        found, position = _top(scores, k)  # [m, min(k, c)] each
+        return rows, found, candidates[position]
+
+    # Lists are small products: one single-threaded product per worker thread beats a multi-threaded BLAS
+    # call per list (1 vs 5 ms for 244 x 488 x 512 on a busy 2-core machine); each list is computed the
+    # same way whichever thread takes it.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, faiss.omp_get_max_threads())) as pool:
+            bar = tqdm(total=len(which), desc="self-join", unit="list", disable=not progress, mininterval=2.0)
+            for start in range(0, len(which), JOIN_BATCH):  # bounded: results wait for the caller
+                for result in pool.map(one, which[start : start + JOIN_BATCH]):
+                    yield result
+                    bar.update()
+            bar.close()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _probed_lists(ivf: faiss.IndexIVF, lists_probed: int, block: int = 1024) -> np.ndarray:
+    """int64 [nlist, P]: per list, the ``P`` lists with the nearest centroids, itself first (centroid Gram
+    matrix by blocks of rows, so 16k lists do not need a 1 GiB matrix)."""
+    nlist = ivf.nlist
+    centroids = ivf.quantizer.reconstruct_n(0, nlist)  # [nlist, d]
+    probes = max(1, min(lists_probed, nlist))
+    out = np.empty((nlist, probes), dtype=np.int64)
+    for start in range(0, nlist, block):
+        gram = centroids[start : start + block] @ centroids.T  # [b, nlist]
+        gram[np.arange(gram.shape[0]), np.arange(start, start + gram.shape[0])] = np.inf  # a list probes itself first
+        out[start : start + gram.shape[0]] = _top(gram, probes)[1]
+    return out
+
+
+def ivf_self_knn(
+    vectors: np.ndarray | VectorParts,
+    index: faiss.Index,
+    k: int,
+    lists_probed: int,
+    *,
+    rows: np.ndarray | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-``k`` neighbours of the ``rows`` (sorted int64; default every row) of ``vectors [n, d]``
+    among all rows (itself included), through the inverted lists of ``index`` (an IVF index built over the
+    same rows in the same order): ``(scores [r, k] float32, ids [r, k] int64)``, best first, -1 / -inf
+    where fewer were found.
+
+    The rows are taken list by list: all members of a list are scored, by one float32 matrix product,
+    against every member of the ``lists_probed`` lists whose centroids are nearest their list's centroid
+    (the list itself first), so a row's result does not depend on which other rows are asked for. Unlike a
+    per-query IVF search the probed lists are chosen per list, not per row, and the scores are exact, not
+    quantised; the recall is whatever the data give and is measured by :func:`self_join`. Vectors are read
+    from ``vectors`` (memory-mapped parts) list by list. ``benchmarks/curation.py`` at 1M clustered 512-d
+    vectors (IVF4096, 3 lists probed, 2 cores): 25 us per row including the recall check, recall@8 1.0,
+    against 75 us per query for faiss' IVF-SQ8 search of the same index.
+    """
+    parts = vectors if isinstance(vectors, VectorParts) else VectorParts.from_array(np.asarray(vectors))
+    ivf = index if isinstance(index, faiss.IndexIVF) else faiss.extract_index_ivf(index)
+    if ivf.ntotal != len(parts) or ivf.d != parts.dim:
+        raise ValueError(f"the index holds {ivf.ntotal} vectors of dim {ivf.d}; the vectors are {parts.shape}")
+    wanted = np.arange(len(parts), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    scores = np.full((wanted.shape[0], k), -np.inf, dtype=np.float32)
+    ids = np.full((wanted.shape[0], k), -1, dtype=np.int64)
+    which = np.arange(ivf.nlist) if rows is None else _lists_holding(ivf, wanted)
+    for members, found, found_ids in _join_lists(parts, ivf, k, lists_probed, which, progress):
+        at = np.searchsorted(wanted, members)
+        hit = (at < wanted.shape[0]) & (wanted[np.minimum(at, wanted.shape[0] - 1)] == members)
+        scores[at[hit], : found.shape[1]] = found[hit]
+        ids[at[hit], : found.shape[1]] = found_ids[hit]
     return scores, ids
+
+
+def _lists_holding(ivf: faiss.IndexIVF, rows: np.ndarray) -> np.ndarray:
+    """The ids of the lists that hold ``rows``, ascending."""
+    offsets, members = _ivf_lists(ivf)
+    owner = np.repeat(np.arange(ivf.nlist), np.diff(offsets))
+    order = np.argsort(members)
+    return np.unique(owner[order[np.searchsorted(members[order], rows)]])
 
 
 def _top(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,11 +253,10 @@ def _top(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class SelfJoin:
-    """Neighbours of every row found by a self-join: ``neighbors`` int64 [n, k] (self excluded, -1 = none) and
-    how: ``method`` (``exact`` or ``ivf``), ``params``, ``recall_at_k`` against exact search on ``n_check``
-    random rows (``None`` for ``exact``) and ``seconds``."""
+    """How a self-join found every row's neighbours (written into the caller's table): ``method`` (``exact``
+    or ``ivf``), ``params``, ``recall_at_k`` against exact search on ``n_check`` random rows (``None`` for
+    ``exact``) and ``seconds``."""
 
-    neighbors: np.ndarray
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     recall_at_k: float | None = None
@@ -199,41 +273,74 @@ def worth_self_join(n: int, anchors: int) -> bool:
     return 2 * anchors >= n
 
 
+def join_kind(index: faiss.Index) -> str | None:
+    """``exact``, ``ivf`` or ``None``: the self-join that fits ``index``."""
+    if isinstance(index, faiss.IndexFlat):
+        return "exact"
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    return "ivf"
+
+
 def self_join(
     index: faiss.Index,
-    vectors: np.ndarray,
+    vectors: np.ndarray | VectorParts,
     k: int,
+    table: np.ndarray,
     *,
+    rank: int = 0,
+    world: int = 1,
     threads: int | None = None,
     n_check: int = 300,
     min_recall: float = 0.95,
     seed: int = 0,
     progress: bool = False,
 ) -> SelfJoin | None:
-    """Every row's ``k`` nearest other rows of ``vectors [n, d]`` (the rows ``index`` holds, in its order) by
-    the self-join that fits the index, or ``None`` when there is none (HNSW and other kinds) or when the
+    """Write every row's ``k`` nearest other rows of ``vectors [n, d]`` (the rows ``index`` holds, in its order)
+    into ``table`` (int64 [n, k], writable, e.g. a memory-mapped file; self excluded, -1 = none) by the
+    self-join that fits the index, or return ``None`` when there is none (HNSW and other kinds) or when the
     IVF join's recall@k, measured on ``n_check`` rows, falls below ``min_recall`` (the caller then searches
-    the index row by row). IVF probes one list more than the index's own ``nprobe``."""
+    the index row by row). IVF probes the fewest lists, from 2 up to twice the index's own ``nprobe + 1``
+    (at least 4), whose recall reaches :data:`JOIN_TARGET`.
+
+    With ``world`` > 1 this rank fills only the rows of the lists ``i`` with ``i % world == rank`` (exact:
+    rank 0 fills all); every rank takes the same decision (the check rows depend on ``seed`` only), and
+    each list is joined whole, so the table equals a single process's."""
     start = time.perf_counter()
-    with faiss_threads(threads):
-        if isinstance(index, faiss.IndexFlat):
-            return SelfJoin(self_neighbors(vectors, k, progress=progress), "exact",
-                            seconds=time.perf_counter() - start)
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            return None
-        lists_probed = int(ivf.nprobe) + 1
-        neighbors = _without_self(*ivf_self_knn(vectors, ivf, k + 1, lists_probed, progress=progress))
-        n = neighbors.shape[0]
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n_check, n), replace=False))
-        _, truth = exact_neighbors(vectors, vectors[rows], k + 1)
-        recall = recall_at_k(neighbors[rows], truth, k, rows)
-    joined = SelfJoin(neighbors, "ivf", {"lists_probed": lists_probed, "nlist": int(ivf.nlist)}, round(recall, 4),
-                      len(rows), time.perf_counter() - start)
-    if recall < min_recall:
-        logger.warning("IVF self-join recall@%d %.4f on %d rows is below %.2f: searching the index instead",
-                       k, recall, len(rows), min_recall)
+    parts = vectors if isinstance(vectors, VectorParts) else VectorParts.from_array(np.asarray(vectors))
+    kind = join_kind(index)
+    if kind is None:
         return None
-    logger.info("IVF self-join probing %d lists: recall@%d %.4f on %d rows", lists_probed, k, recall, len(rows))
-    return joined
+    with faiss_threads(threads):
+        if kind == "exact":
+            if rank == 0:
+                table[:] = self_neighbors(parts.slice(0, len(parts)), k, progress=progress)
+            return SelfJoin("exact", seconds=time.perf_counter() - start)
+        ivf = faiss.extract_index_ivf(index)
+        n = len(parts)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n_check, n), replace=False))
+        _, truth = exact_neighbors(parts, parts.rows(rows), k + 1)
+        most = min(int(ivf.nlist), max(4, 2 * (int(ivf.nprobe) + 1)))
+        for lists_probed in range(min(2, most), most + 1):  # the join's cost grows with the lists probed: fewest that do
+            found = _without_self(*ivf_self_knn(parts, ivf, k + 1, lists_probed, rows=rows), rows)
+            recall = recall_at_k(found, truth, k, rows)
+            logger.info("IVF self-join probing %d lists: recall@%d %.4f on %d rows", lists_probed, k, recall,
+                        len(rows))
+            if recall >= JOIN_TARGET:
+                break
+        if recall < min_recall:
+            logger.warning("IVF self-join recall@%d %.4f on %d rows is below %.2f: searching the index instead",
+                           k, recall, len(rows), min_recall)
+            return None
+        logger.info("IVF self-join of every row, probing %d lists", lists_probed)
+        mine = np.arange(rank, ivf.nlist, world)
+        for members, scores, ids in _join_lists(parts, ivf, k + 1, lists_probed, mine, progress):
+            width = ids.shape[1]
+            if width < k + 1:  # fewer candidates than k + 1: pad as a search would
+                ids = np.pad(ids, ((0, 0), (0, k + 1 - width)), constant_values=-1)
+                scores = np.pad(scores, ((0, 0), (0, k + 1 - width)), constant_values=-np.inf)
+            table[members] = _without_self(scores, ids, members)
+    return SelfJoin("ivf", {"lists_probed": lists_probed, "nlist": int(ivf.nlist)}, round(recall, 4),
+                    len(rows), time.perf_counter() - start)

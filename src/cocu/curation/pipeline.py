@@ -6,14 +6,15 @@ Stages and outputs (``RUN`` = the output folder):
    several ranks, rank ``r`` embeds its contiguous share of the shards into ``RUN/emb/rank-{r}/``).
 2. ``vocab``: ``RUN/vocab/concepts.txt`` + ``concept_emb.npy`` (:mod:`.vocab`).
 3. ``index``: ``RUN/index/image.index`` (and ``caption.index`` for ``lang`` expansion) (:mod:`.index`).
-4. ``curation``: ``RUN/curation/archive-{i}.parquet`` (:mod:`.archive`), part ``i`` = anchors
-   ``[i * chunk_size, (i + 1) * chunk_size)`` of the embedding rows with distinct keys (a repeated key is
-   rejected as ``duplicate_key``); a finished part is never redone. Caption concepts are extracted once
-   into ``RUN/curation/concept_lists.npz``. With ``vision`` expansion and at least half of the rows to
-   curate, neighbours come from one self-join over an exact or IVF index (:mod:`.knn`) instead of a search
-   per chunk (the join is kept in ``RUN/curation/self_join.npz`` for resumed runs);
-   ``RUN/curation/neighbor_search.json`` (and the summary's ``neighbor_search``) says which, for the parts
-   the last run wrote, with the IVF join's measured recall@k.
+4. ``curation``: ``RUN/curation/archive-{i}.parquet`` (:mod:`.archive`; the folder holds nothing else),
+   part ``i`` = anchors ``[i * chunk_size, (i + 1) * chunk_size)`` of the embedding rows with distinct keys
+   (a repeated key is rejected as ``duplicate_key``); a finished part is never redone. Embeddings and the
+   index stay memory-mapped (:mod:`.store`); keys and captions are Arrow arrays. Caption concepts are
+   extracted part by part once into ``RUN/cache/concept_lists.npz``. With ``vision`` expansion and at least
+   half of the rows to curate, neighbours come from one self-join over an exact or IVF index (:mod:`.knn`)
+   instead of a search per chunk (the join is kept memory-mapped in ``RUN/cache/self_join.npy`` for resumed
+   runs); ``RUN/cache/neighbor_search.json`` (and the summary's ``neighbor_search``) says which, for the
+   parts the last run wrote, with the IVF join's measured recall@k.
 5. ``shards`` (``write_shards``): the input shards again with a ``{key}.concepts.json`` member, ``RUN/shards/``.
 
 ``RUN/summary.json`` (rewritten at every run from the parts' recorded counts) holds the sample counts,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -34,7 +36,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cocu.curation import embed as emb_mod
@@ -46,6 +47,7 @@ from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summariz
 from cocu.curation.expand import CaptionConcepts
 from cocu.curation.runstate import Ranks, RunState, file_digest, folder_fingerprint, stable_hash
 from cocu.curation.sampling import DEFAULT_TAU
+from cocu.curation.store import EmbeddingStore, VectorParts, first_occurrences
 from cocu.data import skips as skip_reasons
 from cocu.data.reader import iter_samples, resolve_sources
 from cocu.data.skips import SkipCounter
@@ -56,7 +58,10 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 NEIGHBOR_SEARCH_FILE = "neighbor_search.json"
-SELF_JOIN_FILE = "self_join.npz"
+CACHE_DIR = "cache"
+"""``RUN/cache/``: caches of the curation stage, kept out of ``RUN/curation/`` so that folder holds only
+the archive's parquet parts (pandas, duckdb, pyarrow.dataset read it as one data set)."""
+SELF_JOIN_FILE, SELF_JOIN_INFO = "self_join.npy", "self_join.json"
 CONCEPT_LISTS = "concept_lists.npz"
 CONCEPTS_MEMBER = "concepts.json"
 NOT_CURATED = "not_curated"
@@ -80,6 +85,7 @@ class CurateConfig:
     chunk_size: int = 8192
     index_kind: str = "auto"
     exact_max: int = index_mod.DEFAULT_EXACT_MAX
+    max_memory: float | None = None
     write_shards: bool = False
     samples_per_shard: int = 1000
     batch_size: int = 256
@@ -123,7 +129,8 @@ def _data_identity(data_spec: str | Sequence[str]) -> list[tuple[str, int]]:
 def _stage_ids(cfg: CurateConfig, encoder_spec: str, data: list[tuple[str, int]], world: int) -> dict[str, str]:
     ids = {"emb": stable_hash([data, encoder_spec, cfg.rows_per_part, world])}
     ids["vocab"] = stable_hash([encoder_spec, _vocab_identity(cfg.vocab)])
-    ids["index"] = stable_hash([ids["emb"], cfg.expansion, cfg.index_kind, cfg.exact_max, cfg.neighbors, cfg.seed])
+    ids["index"] = stable_hash([ids["emb"], cfg.expansion, cfg.index_kind, cfg.exact_max, cfg.max_memory, cfg.neighbors,
+                                 cfg.seed])
     curation = [ids["emb"], ids["vocab"], ids["index"], asdict(cfg.params()), cfg.chunk_size]
     ids["curation"] = stable_hash(curation)
     if cfg.write_shards:
@@ -135,83 +142,68 @@ def _emb_dirs(run: Path, world: int) -> list[Path]:
     return [run / "emb"] if world == 1 else [run / "emb" / f"rank-{r}" for r in range(world)]
 
 
-def _load_embeddings(dirs: list[Path]) -> tuple[emb_mod.Embeddings, list[list[str] | None] | None, dict[str, int]]:
-    """Concatenate embedding folders; also the per-row ground truth (``None`` = row without it) and the
-    rejected counts by reason."""
-    parts = [emb_mod.load_embeddings(d) for d in dirs]
-    if len(parts) == 1:
-        merged = parts[0]
-    else:
-        merged = emb_mod.Embeddings(
-            image=np.concatenate([p.image for p in parts]),
-            text=np.concatenate([p.text for p in parts]),
-            keys=[k for p in parts for k in p.keys],
-            captions=[c for p in parts for c in p.captions],
-            true_concepts=None,
-        )
-    bad = ~(np.isfinite(merged.image).all(axis=1) & np.isfinite(merged.text).all(axis=1))
-    if bad.any():
-        first = merged.keys[int(np.argmax(bad))]
+def open_store(dirs: list[Path], expansion: str) -> EmbeddingStore:
+    """The embedding folders, memory-mapped (:class:`~cocu.curation.store.EmbeddingStore`), checked for
+    non-finite rows and, for ``lang`` expansion, for caption embeddings."""
+    store = EmbeddingStore(dirs)
+    if expansion == "lang" and store.text is None:
         raise ValueError(
-            f"{int(bad.sum())} embedding row(s) in {', '.join(map(str, dirs))} are not finite (first key {first!r}): "
-            "the embeddings are damaged; delete that folder and rerun (the embedding stage is then redone)"
+            f"{', '.join(map(str, dirs))} hold(s) no caption embeddings ({emb_mod.TEXT_DIR}/, e.g. clip-retrieval run "
+            "with --enable_text False): language-driven expansion needs them; use --expansion vision"
         )
-    truth: list[list[str] | None] = []
-    any_truth = False
-    rejected: Counter[str] = Counter()
-    for folder in dirs:
-        metas = sorted(
-            (folder / emb_mod.META_DIR).glob("metadata_*.parquet"), key=lambda p: int(p.stem.split("_")[-1])
-        )
-        for meta in metas:
-            table = pq.read_table(meta)
-            if "true_concepts" in table.column_names:
-                any_truth = True
-                truth.extend(table.column("true_concepts").to_pylist())
-            else:
-                truth.extend([None] * table.num_rows)
-        rejected_file = folder / emb_mod.REJECTED_FILE
-        if rejected_file.is_file():
-            rejected.update(pq.read_table(rejected_file, columns=["reason"]).column("reason").to_pylist())
-    if len(truth) != len(merged.keys):
-        raise ValueError(
-            f"metadata of {', '.join(map(str, dirs))} lists {len(truth)} rows but the embeddings {len(merged.keys)}"
-        )
-    return merged, truth if any_truth else None, dict(rejected)
+    store.check_finite()
+    return store
 
 
 def _concept_lists(
-    path: Path, captions: list[str], truth: list[list[str] | None] | None, vocab: vocab_mod.Vocabulary
+    path: Path, stage_id: str, store: EmbeddingStore, vocab: vocab_mod.Vocabulary
 ) -> tuple[CaptionConcepts, TrueConcepts | None]:
-    """Caption concept ids (and mapped ground truth) of every row, cached in ``path``."""
-    if path.is_file():
-        with np.load(path) as z:
-            caption_ids = CaptionConcepts(z["indptr"], z["indices"])
-            true = (
-                TrueConcepts(CaptionConcepts(z["t_indptr"], z["t_indices"]), z["t_unmapped"], z["t_known"])
-                if "t_known" in z
-                else None
-            )
-        if len(caption_ids) == len(captions):
-            return caption_ids, true
+    """Caption concept ids (and mapped ground truth) of every row, extracted part by part from the metadata and
+    cached in ``path`` (with the stage id, so a cache of other inputs is never reused)."""
+    cached = _load_npz(path, stage_id)
+    if cached is not None and len(cached["indptr"]) == len(store) + 1:
+        caption_ids = CaptionConcepts(cached["indptr"], cached["indices"])
+        true = (
+            TrueConcepts(CaptionConcepts(cached["t_indptr"], cached["t_indices"]), cached["t_unmapped"],
+                         cached["t_known"])
+            if "t_known" in cached
+            else None
+        )
+        return caption_ids, true
     index = {name: i for i, name in enumerate(vocab.concepts)}
-    memo: dict[str, list[int]] = {}
-    rows = []
-    for caption in tqdm(captions, desc="caption concepts", unit="caption", mininterval=2.0):
-        found = memo.get(caption)
-        if found is None:
-            found = memo[caption] = [index[c] for c in vocab.extract(caption)]
-        rows.append(found)
-    caption_ids = CaptionConcepts.from_lists(rows)
+    canonical: dict[str, str | None] = {}
+    caption_parts: list[CaptionConcepts] = []
+    truth_parts: list[TrueConcepts] = []
+    any_truth = store.has_truth
+    progress = tqdm(total=len(store), desc="caption concepts", unit="caption", mininterval=2.0)
+    for part in store.iter_meta():
+        memo: dict[str, list[int]] = {}  # per part: repeated captions (alt-text boilerplate) are common
+        rows = []
+        for caption in part.captions.to_pylist():
+            found = memo.get(caption)
+            if found is None:
+                found = memo[caption] = [index[c] for c in vocab.extract(caption)]
+            rows.append(found)
+        caption_parts.append(CaptionConcepts.from_lists(rows))
+        if any_truth:
+            # True names map through the vocabulary (any form or alias); an unknown name stays as it is, which
+            # is not a concept name, so it counts as a true concept that curation missed.
+            names = part.truth.to_pylist() if part.truth is not None else [None] * len(rows)
+            for name in {n for sample in names for n in sample or ()} - canonical.keys():
+                canonical[name] = vocab.lookup(name)
+            mapped = [None if sample is None else [canonical[n] or n for n in sample] for sample in names]
+            truth_parts.append(TrueConcepts.from_names(mapped, index))
+        progress.update(len(rows))
+    progress.close()
+    caption_ids = _concat_csr(caption_parts)
     true = None
-    if truth is not None:
-        # True names map through the vocabulary (any form or alias); an unknown name stays as it is, which
-        # is not a concept name, so it counts as a true concept that curation missed.
-        distinct = {name for names in truth for name in names or ()}
-        canonical = {name: vocab.lookup(name) for name in distinct}
-        mapped = [None if names is None else [canonical[n] or n for n in names] for names in truth]
-        true = TrueConcepts.from_names(mapped, index)
-    arrays = {"indptr": caption_ids.indptr, "indices": caption_ids.indices}
+    if any_truth:
+        true = TrueConcepts(
+            _concat_csr([t.ids for t in truth_parts]),
+            np.concatenate([t.unmapped for t in truth_parts]),
+            np.concatenate([t.known for t in truth_parts]),
+        )
+    arrays = {"indptr": caption_ids.indptr, "indices": caption_ids.indices, "stage_id": np.array(stage_id)}
     if true is not None:
         arrays.update(
             t_indptr=true.ids.indptr, t_indices=true.ids.indices, t_unmapped=true.unmapped, t_known=true.known
@@ -220,6 +212,28 @@ def _concept_lists(
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
     return caption_ids, true
+
+
+def _concat_csr(parts: list[CaptionConcepts]) -> CaptionConcepts:
+    if not parts:
+        return CaptionConcepts(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
+    shift = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
+    indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, shift)])
+    return CaptionConcepts(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]).astype(np.int32))
+
+
+def _load_npz(path: Path, stage_id: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file written for ``stage_id``, else ``None``."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if "stage_id" not in saved or str(saved["stage_id"]) != stage_id:
+                return None
+            return {name: saved[name] for name in saved.files}
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring unreadable cache %s (%s)", path, err)
+        return None
 
 
 def _vocabulary(vocab_dir: Path) -> vocab_mod.Vocabulary:
@@ -234,55 +248,70 @@ def _vocabulary(vocab_dir: Path) -> vocab_mod.Vocabulary:
     return vocab
 
 
-def index_search(index, threads: int | None):
-    """A :data:`~cocu.curation.expand.SearchFn` over a faiss index, with ``threads`` faiss threads in whichever
-    thread it runs (the curator searches in a background thread)."""
+def index_search(searcher: index_mod.Searcher, threads: int | None):
+    """A :data:`~cocu.curation.expand.SearchFn` over a :class:`~cocu.curation.index.Searcher`, with ``threads``
+    faiss threads in whichever thread it runs (the curator searches in a background thread)."""
 
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with index_mod.faiss_threads(threads):
-            return index_mod.search(index, queries, k)
+            return searcher(queries, k)
 
     return search
 
 
+def _index_params(index_dir: Path, name: str) -> tuple[str | None, dict[str, Any]]:
+    """``(row fingerprint, search parameters)`` that ``cocu index`` recorded for ``name`` (``image`` or
+    ``caption``); ``(None, {})`` for an index another tool built."""
+    try:
+        infos = index_mod.read_index_info(index_dir)
+    except FileNotFoundError:
+        return None, {}
+    info = infos.get(name)
+    return (info.fingerprint, info.params) if info is not None else (None, {})
+
+
 def run_curation_stage(
-    run: Path,
-    emb_dirs: list[Path],
-    cfg: CurateConfig,
-    stage_id: str,
-    ranks: Ranks,
-    loaded: tuple[emb_mod.Embeddings, list[list[str] | None] | None, dict[str, int]] | None = None,
+    run: Path, emb_dirs: list[Path], cfg: CurateConfig, stage_id: str, ranks: Ranks
 ) -> tuple[list[dict[str, float]], dict[str, int], int]:
     """Write this rank's missing archive parts; returns ``(stats of all parts, rejections by reason,
     samples in)``.
 
-    All inputs are loaded and checked (row counts, index dimension and size, vocabulary) before the first
-    part is computed. Part ``i`` holds anchors ``[i * chunk_size, (i + 1) * chunk_size)`` of the rows with a
-    key not seen before (a repeated key, possible when ranks embed shards separately, is rejected as
-    ``duplicate_key``; the row stays searchable). ``loaded``: the result of loading ``emb_dirs`` when the
-    caller already has it.
+    The embeddings stay memory-mapped (:mod:`.store`); the index is memory-mapped too and checked to number
+    its rows as the embedding folder does. All inputs are checked (row counts, finite values, index
+    dimension, size and row order, vocabulary) before the first part is computed. Part ``i`` holds anchors
+    ``[i * chunk_size, (i + 1) * chunk_size)`` of the rows with a key not seen before (a repeated key,
+    possible when ranks embed shards separately, is rejected as ``duplicate_key``; the row stays searchable);
+    rank ``r`` writes the parts ``i`` with ``i % world == r``.
     """
-    emb, truth, rejected = loaded if loaded is not None else _load_embeddings(emb_dirs)
-    n = len(emb.keys)
+    store = open_store(emb_dirs, cfg.expansion)
+    n = len(store)
+    logger.info("embeddings: %d rows of dim %d in %d part(s), memory-mapped and checked", n, store.dim,
+                len(store.image.arrays))
+    rejected = dict(store.rejected)
     vocab_dir, index_dir = run / "vocab", run / "index"
     vocab = _vocabulary(vocab_dir)
     _, concept_emb = vocab_mod.read_vocab_dir(vocab_dir)
-    if concept_emb.shape[1] != emb.dim:
+    if concept_emb.shape[1] != store.dim:
         raise ValueError(
             f"{vocab_dir / vocab_mod.EMBEDDINGS_FILE} has dimension {concept_emb.shape[1]} but the embeddings "
-            f"{emb.dim}: they come from different encoders; rerun `cocu vocab` with the embeddings' encoder"
+            f"{store.dim}: they come from different encoders; rerun `cocu vocab` with the embeddings' encoder"
         )
-    name = index_mod.IMAGE_INDEX if cfg.expansion == "vision" else index_mod.CAPTION_INDEX
-    index = index_mod.load_index(index_dir / name, expected_dim=emb.dim, expected_n=n)
-    folder = run / CURATION_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    lists_path = folder / CONCEPT_LISTS
+    vision = cfg.expansion == "vision"
+    name = index_mod.IMAGE_INDEX if vision else index_mod.CAPTION_INDEX
+    searched = store.image if vision else store.text
+    index = index_mod.load_index(index_dir / name, expected_dim=store.dim, expected_n=n, mmap=True)
+    fingerprint, params = _index_params(index_dir, "image" if vision else "caption")
+    index_mod.check_rows(index, searched, index_dir / name, fingerprint)
+    (run / CURATION_DIR).mkdir(parents=True, exist_ok=True)
+    (run / CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    lists_path = run / CACHE_DIR / CONCEPT_LISTS
     if ranks.main:
-        _concept_lists(lists_path, emb.captions, truth, vocab)
+        _concept_lists(lists_path, stage_id, store, vocab)
     ranks.barrier()
-    caption_ids, true = _concept_lists(lists_path, emb.captions, truth, vocab)
+    caption_ids, true = _concept_lists(lists_path, stage_id, store, vocab)
+    logger.info("caption concepts of %d rows ready (%d in all)", n, caption_ids.indices.shape[0])
     samples_in = n + sum(rejected.values())
-    anchors = _first_occurrences(emb.keys)  # int64 [a]: rows whose key was not seen before
+    anchors = first_occurrences(store.keys)  # int64 [a]: rows whose key was not seen before
     if anchors.shape[0] < n:
         duplicates = n - anchors.shape[0]
         logger.warning("%d row(s) repeat an earlier key (e.g. across ranks' shards): rejected as %s, the first "
@@ -297,13 +326,18 @@ def run_curation_stage(
         ok = meta is not None and meta.get("id") == stage_id and (meta.get("start"), meta.get("stop")) == (start, stop)
         return meta if ok else None
 
-    todo = [b for b in bounds if b[0] % ranks.world == ranks.rank and finished(*b) is None]
-    if todo:
-        logger.info("curating %d of %d part(s) (%d anchors each)", len(todo), num_parts, cfg.chunk_size)
-        table = _self_join(run, index, emb.image, cfg, todo, stage_id)
-        search = None if table is not None else index_search(index, cfg.threads)
-        curator = Curator(emb.image, caption_ids, concept_emb, search, cfg.params(), true, neighbor_table=table)
-        keys, captions = pa.array(emb.keys, pa.string()), pa.array(emb.captions, pa.string())
+    todo_all = [b for b in bounds if finished(*b) is None]
+    ranks.barrier()  # every rank has seen the same finished parts
+    todo = [b for b in todo_all if b[0] % ranks.world == ranks.rank]
+    if todo_all:
+        logger.info("curating %d of %d part(s) (%d anchors each; %d by this rank)", len(todo_all), num_parts,
+                    cfg.chunk_size, len(todo))
+        table = _self_join(run, index, store.image, cfg, todo_all, stage_id, ranks)
+        logger.info("neighbours ready (%s); curating", "self-join" if table is not None else "index search")
+        search = None
+        if table is None:
+            search = index_search(index_mod.searcher_for(index, searched, params), cfg.threads)
+        curator = Curator(store.image, caption_ids, concept_emb, search, cfg.params(), true, neighbor_table=table)
         names = pa.array(vocab.concepts, pa.string())
         progress = tqdm(total=sum(stop - start for _, start, stop in todo), desc="curate", unit="anchor")
         chunks = ((i, anchors[start:stop]) for i, start, stop in todo)
@@ -311,14 +345,15 @@ def run_curation_stage(
         for i, result in curator.curate_chunks(chunks, cfg.seed):
             rows = result.rows
             _, _, cap = caption_ids.gather(rows)
-            table = archive_table(
-                keys, captions, rows, caption_ids.lengths[rows], cap, result.neighbor_ids,
+            part = archive_table(
+                store.keys, store.captions, rows, caption_ids.lengths[rows], cap, result.neighbor_ids,
                 result.archive, result.clusters, names,
             )
             meta = {"id": stage_id, "start": span[i][0], "stop": span[i][1], "stats": result.stats}
-            write_part(part_path(run, i), table, meta)
+            write_part(part_path(run, i), part, meta)
             progress.update(rows.shape[0])
         progress.close()
+        logger.info("wrote %d archive part(s)", len(todo))
     ranks.barrier()
     stats = []
     for b in bounds:
@@ -330,54 +365,65 @@ def run_curation_stage(
 
 
 def _self_join(
-    run: Path, index, image: np.ndarray, cfg: CurateConfig, todo: list[tuple[int, int, int]], stage_id: str
+    run: Path, index, image: VectorParts, cfg: CurateConfig, todo: list[tuple[int, int, int]], stage_id: str,
+    ranks: Ranks,
 ) -> np.ndarray | None:
     """Every row's neighbours by a self-join (:mod:`.knn`) when that is cheaper than searching the index
     chunk by chunk: image-to-image expansion over an exact or IVF index with at least half of the rows
-    still to curate (``todo``: the parts to write, ``(part, start, stop)``); else ``None``. A join is kept
-    in ``RUN/curation/self_join.npz`` (with the stage id), so a resumed run reuses it whatever is left. How
-    this run finds the neighbours of which parts goes to ``RUN/curation/neighbor_search.json``."""
-    cache = run / CURATION_DIR / SELF_JOIN_FILE
+    still to curate (``todo``: the parts to write by all ranks, ``(part, start, stop)``); else ``None``.
+    Called by every rank: each joins its share of the inverted lists into one table, memory-mapped from
+    ``RUN/cache/self_join.npy`` (with the stage id in ``self_join.json``), so a resumed run reuses it.
+    How this run finds the neighbours of which parts goes to ``RUN/cache/neighbor_search.json``."""
+    cache = run / CACHE_DIR
+    table_path, info_path = cache / SELF_JOIN_FILE, cache / SELF_JOIN_INFO
+    shape = (len(image), cfg.neighbors)
     record: dict[str, Any] = {"method": "index search"}
-    table, info = _cached_join(cache, stage_id, (image.shape[0], cfg.neighbors))
+    table, info = _cached_join(table_path, info_path, stage_id, shape)
     if table is not None:
         record = {**info, "cached": True}
-    elif cfg.expansion == "vision" and knn_mod.worth_self_join(image.shape[0], sum(b - a for _, a, b in todo)):
-        logger.info("self-join of %d images for their %d nearest neighbours", image.shape[0], cfg.neighbors)
-        joined = knn_mod.self_join(index, image, cfg.neighbors, threads=cfg.threads, seed=cfg.seed, progress=True)
+    elif (cfg.expansion == "vision" and knn_mod.join_kind(index) is not None
+          and knn_mod.worth_self_join(shape[0], sum(b - a for _, a, b in todo))):
+        logger.info("self-join of %d images for their %d nearest neighbours", shape[0], cfg.neighbors)
+        tmp = table_path.with_name(table_path.name + ".tmp")
+        if ranks.main:
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=shape).flush()
+        ranks.barrier()
+        writable = np.load(tmp, mmap_mode="r+")
+        joined = knn_mod.self_join(index, image, cfg.neighbors, writable, rank=ranks.rank, world=ranks.world,
+                                   threads=cfg.threads, seed=cfg.seed, progress=True)
+        writable.flush()
+        del writable
+        ranks.barrier()
+        if ranks.main:
+            if joined is not None:
+                os.replace(tmp, table_path)
+                atomic_write_json(info_path, {"stage_id": stage_id, "info": joined.info()})
+            else:
+                tmp.unlink()
+        ranks.barrier()
         if joined is not None:
-            table, record = joined.neighbors, {**joined.info(), "cached": False}
-            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                np.savez(f, neighbors=table, stage_id=np.array(stage_id), info=np.array(json.dumps(joined.info())))
+            table, record = np.load(table_path, mmap_mode="r"), {**joined.info(), "cached": False}
     record["parts"] = [part for part, _, _ in todo]
-    atomic_write_json(run / CURATION_DIR / NEIGHBOR_SEARCH_FILE, record)
+    if ranks.main:
+        atomic_write_json(cache / NEIGHBOR_SEARCH_FILE, record)
     return table
 
 
-def _cached_join(path: Path, stage_id: str, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """``(neighbour table, join info)`` of an earlier self-join of this stage if ``path`` holds one of ``shape``,
-    else ``(None, {})``."""
-    if not path.is_file():
+def _cached_join(
+    table_path: Path, info_path: Path, stage_id: str, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """``(neighbour table memory-mapped, join info)`` of an earlier self-join of this stage, else ``(None, {})``."""
+    if not (table_path.is_file() and info_path.is_file()):
         return None, {}
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["stage_id"]) != stage_id or saved["neighbors"].shape != shape:
-                return None, {}
-            return saved["neighbors"], json.loads(str(saved["info"]))
-    except (OSError, ValueError, KeyError) as err:
-        logger.warning("ignoring unreadable %s (%s): joining again", path, err)
+        saved = json.loads(info_path.read_text("utf-8"))
+        table = np.load(table_path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring unreadable %s (%s): joining again", table_path, err)
         return None, {}
-
-
-def _first_occurrences(keys: list[str]) -> np.ndarray:
-    """Rows (int64) whose key does not occur in an earlier row."""
-    seen: set[str] = set()
-    rows = []
-    for i, key in enumerate(keys):
-        if key not in seen:
-            seen.add(key)
-            rows.append(i)
-    return np.asarray(rows, dtype=np.int64)
+    if saved.get("stage_id") != stage_id or table.shape != shape:
+        return None, {}
+    return table, saved["info"]
 
 
 def _image_ext(data: bytes) -> str:
@@ -444,7 +490,7 @@ def _finish(
 ) -> dict[str, Any]:
     if ranks.main:
         state.mark_done("curation", {"parts": len(stats)})
-        searched = state.run_dir / CURATION_DIR / NEIGHBOR_SEARCH_FILE
+        searched = state.run_dir / CACHE_DIR / NEIGHBOR_SEARCH_FILE
         if searched.is_file():
             extra = {**extra, "neighbor_search": json.loads(searched.read_text("utf-8"))}
         summary = build_summary(stats, rejected, samples_in, state.options, extra)
@@ -487,7 +533,6 @@ def curate(data_spec: str | Sequence[str], encoder_spec: str, run_dir: str | Pat
         )
         state.mark_done("emb", result.summary(), rank_part)
     ranks.barrier()
-    loaded = None
     if ranks.main:
         if not state.is_done("vocab", [run / "vocab" / vocab_mod.CONCEPTS_FILE]):
             vocab = vocab_mod.load_vocabulary(cfg.vocab)
@@ -495,20 +540,21 @@ def curate(data_spec: str | Sequence[str], encoder_spec: str, run_dir: str | Pat
             state.mark_done("vocab", {"concepts": len(vocab)})
         index_name = index_mod.IMAGE_INDEX if cfg.expansion == "vision" else index_mod.CAPTION_INDEX
         if not state.is_done("index", [run / "index" / index_name]):
-            loaded = _load_embeddings(emb_dirs)
+            store = open_store(emb_dirs, cfg.expansion)
             infos = index_mod.index_embeddings(
-                loaded[0].image if cfg.expansion == "vision" else None,
-                loaded[0].text if cfg.expansion == "lang" else None,
+                store.image if cfg.expansion == "vision" else None,
+                store.text if cfg.expansion == "lang" else None,
                 run / "index",
                 kind=cfg.index_kind,
                 exact_max=cfg.exact_max,
+                max_memory=cfg.max_memory,
                 k_check=cfg.neighbors,
                 threads=cfg.threads,
                 seed=cfg.seed,
             )
             state.mark_done("index", {name: info.to_dict() for name, info in infos.items()})
     ranks.barrier()
-    stats, rejected, samples_in = run_curation_stage(run, emb_dirs, cfg, state.stage_ids["curation"], ranks, loaded)
+    stats, rejected, samples_in = run_curation_stage(run, emb_dirs, cfg, state.stage_ids["curation"], ranks)
     extra: dict[str, Any] = {"index": state.info("index")}
     if cfg.write_shards and ranks.main:
         if not state.is_done("shards", [run / "shards"]):

@@ -49,27 +49,27 @@ def segment_max(values: np.ndarray, segment: np.ndarray, num_segments: int) -> n
     return out
 
 
-def caption_concept_cos(image_emb: np.ndarray, concept_emb: np.ndarray, captions: CaptionConcepts) -> np.ndarray:
-    """cos(t_c, x_j) for every caption concept c of every sample j, aligned with ``captions.indices``.
-
-    ``image_emb``: [n, d] L2-normalised; ``concept_emb``: [V, d] L2-normalised. Returns float64 [nnz]. A
-    neighbour's cosines to its own caption concepts do not depend on the anchor, so they are computed once.
-    """
-    rows = np.repeat(np.arange(len(captions), dtype=np.int64), captions.lengths)
-    return rowwise_cos(image_emb, rows, concept_emb, captions.indices.astype(np.int64))
+def reference_cos(chunk: ExpandedChunk, image_emb: np.ndarray, image_rows: np.ndarray, captions: CaptionConcepts,
+                  concept_emb: np.ndarray) -> np.ndarray:
+    """cos(t_c, x_i) of every reference triple of ``chunk`` (the concept ``c`` in neighbour ``i``'s caption):
+    float64 [r]. ``image_emb`` [u, d] holds the unit image rows ``image_rows`` (int64 [u], sorted), which
+    must include every referenced neighbour (read once per chunk from the memory-mapped parts)."""
+    local = np.searchsorted(image_rows, chunk.ref_image)
+    concept = captions.indices[chunk.ref_position].astype(np.int64)
+    return rowwise_cos(image_emb, local, concept_emb, concept)
 
 
 def score_chunk(
     chunk: ExpandedChunk,
     anchor_emb: np.ndarray,
     concept_emb: np.ndarray,
-    caption_cos: np.ndarray,
+    ref_cos: np.ndarray | None,
     method: str,
 ) -> np.ndarray:
     """Relevancy score of every (anchor, concept) pair of ``chunk``: float32 [p].
 
     ``anchor_emb``: [b, d] image embeddings of the chunk's anchors (row = local anchor id);
-    ``caption_cos``: [nnz] from :func:`caption_concept_cos` (indexed by the reference triples' positions).
+    ``ref_cos``: [r] from :func:`reference_cos` (not needed for ``naive``).
     """
     if method not in RANKINGS:
         raise ValueError(f"unknown ranking {method!r}; choose one of {', '.join(RANKINGS)}")
@@ -77,7 +77,7 @@ def score_chunk(
     s_a = rowwise_cos(anchor_emb, chunk.pair_anchor, concept_emb, chunk.pair_concept)  # [p]
     if method == "naive":
         return s_a.astype(np.float32)
-    ref_cos = caption_cos[chunk.ref_position]  # [r]
+    assert ref_cos is not None
     n_ref = np.bincount(chunk.ref_pair, minlength=p)  # [p]
     ref_sum = np.bincount(chunk.ref_pair, weights=np.maximum(ref_cos, EPS), minlength=p)  # [p] float64
     own = np.maximum(s_a, EPS)

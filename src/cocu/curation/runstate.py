@@ -31,7 +31,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "emb": ("emb",),
     "vocab": ("vocab",),
     "index": ("index",),
-    "curation": ("curation", "summary.json"),
+    "curation": ("curation", "cache", "summary.json"),
     "shards": ("shards",),
 }
 
