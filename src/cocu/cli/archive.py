@@ -7,10 +7,13 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from cocu.cli.curate import add_method_arguments, config_from_args, format_summary
 from cocu.curation.pipeline import curate_archive
 from cocu.curation.runstate import RunMismatchError
+from cocu.utils.lock import FolderLocked
+from cocu.utils.outputs import output_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +35,12 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         summary = curate_archive(args.run, config_from_args(args))
-    except (RunMismatchError, ValueError, FileNotFoundError) as err:
+    except (RunMismatchError, ValueError, FileNotFoundError, FolderLocked) as err:
         print(f"cocu archive: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, read-only folder: one line, what and where
+        message = output_error(err, err.filename or args.run, Path(args.run))
+        print(f"cocu archive: error: {message}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # data-parallel runs: rank 0 reports
         print(format_summary(summary))

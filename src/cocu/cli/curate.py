@@ -6,34 +6,45 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from cocu.cli.embed import add_runtime_arguments
 from cocu.curation.engine import METRIC_SETS
 from cocu.curation.expand import EXPANSIONS
-from cocu.curation.index import DEFAULT_EXACT_MAX, KINDS
+from cocu.curation.index import KINDS
 from cocu.curation.pipeline import CurateConfig, curate
 from cocu.curation.rank import RANKINGS
 from cocu.curation.runstate import RunMismatchError
-from cocu.curation.sampling import DEFAULT_TAU, SAMPLINGS
+from cocu.utils.lock import FolderLocked
+from cocu.utils.outputs import output_error
+from cocu.curation.sampling import SAMPLINGS
+
+
+DEFAULTS = CurateConfig()
+"""The one source of the curation defaults (``CurateConfig``, whose method fields come from ``CurationParams``)."""
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """The curation-method and archive options shared by `cocu curate` and `cocu archive`."""
     g = p.add_argument_group("method (defaults = full CoCu)")
-    g.add_argument("--expansion", choices=EXPANSIONS, default="vision",
+    g.add_argument("--expansion", choices=EXPANSIONS, default=DEFAULTS.expansion,
                    help="vision: image-to-image kNN (CoCu); lang: image-to-caption kNN (caption curation)")
-    g.add_argument("--neighbors", type=int, default=8, help="retrieved neighbours N, self excluded (default 8)")
-    g.add_argument("--ranking", choices=RANKINGS, default="t2v",
+    g.add_argument("--neighbors", type=int, default=DEFAULTS.neighbors,
+                   help=f"retrieved neighbours N, self excluded (default {DEFAULTS.neighbors})")
+    g.add_argument("--ranking", choices=RANKINGS, default=DEFAULTS.ranking,
                    help="t2v: s_a/m + s_b (authors' normalisation); t2v-paper: s_a + s_b (eq. 8); naive: s_a")
-    g.add_argument("--sampling", choices=SAMPLINGS, default="cluster",
+    g.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS.sampling,
                    help="cluster: k-means into min(L, M) clusters, one draw each; naive: the top-L")
-    g.add_argument("--labels", type=int, default=3, help="concepts per image per step L (default 3)")
-    g.add_argument("--tau", type=float, default=DEFAULT_TAU,
-                   help=f"softmax temperature of the in-cluster draw (default {DEFAULT_TAU})")
-    g.add_argument("--kmeans-iters", type=int, default=10, help="Lloyd iterations of the clustering (default 10)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the index training and the sampled metrics")
-    g.add_argument("--chunk-size", type=int, default=8192, help="anchors per archive part (default 8192)")
+    g.add_argument("--labels", type=int, default=DEFAULTS.labels,
+                   help=f"concepts per image per step L (default {DEFAULTS.labels})")
+    g.add_argument("--tau", type=float, default=DEFAULTS.tau,
+                   help=f"softmax temperature of the in-cluster draw (default {DEFAULTS.tau})")
+    g.add_argument("--kmeans-iters", type=int, default=DEFAULTS.kmeans_iters,
+                   help=f"Lloyd iterations of the clustering (default {DEFAULTS.kmeans_iters})")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the index training and the sampled metrics")
+    g.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size,
+                   help=f"anchors per archive part (default {DEFAULTS.chunk_size})")
     g.add_argument("--threads", type=int, help="faiss threads (default: faiss' own setting)")
     g.add_argument("--overwrite", action="store_true",
                    help="reuse an output folder made with other options: redo the stages the change affects")
@@ -63,17 +74,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_method_arguments(p)
     g = p.add_argument_group("stages")
     g.add_argument("--vocab", help="vocabulary file (one concept a line, `name: alias, ...`; default: built-in)")
-    g.add_argument("--batch-size", type=int, default=256, help="embedding batch size (default 256)")
-    g.add_argument("--rows-per-part", type=int, default=100_000, help="rows per embedding part (default 100000)")
+    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help=f"embedding batch size (default {DEFAULTS.batch_size})")
+    g.add_argument("--rows-per-part", type=int, default=DEFAULTS.rows_per_part,
+                   help=f"rows per embedding part (default {DEFAULTS.rows_per_part})")
     add_runtime_arguments(g)
-    g.add_argument("--index-kind", choices=KINDS, default="auto", help="index kind (default auto)")
-    g.add_argument("--exact-max", type=int, default=DEFAULT_EXACT_MAX,
-                   help=f"auto index: exact search up to this many images (default {DEFAULT_EXACT_MAX})")
+    g.add_argument("--index-kind", choices=KINDS, default=DEFAULTS.index_kind,
+                   help=f"index kind (default {DEFAULTS.index_kind})")
+    g.add_argument("--exact-max", type=int, default=DEFAULTS.exact_max,
+                   help=f"auto index: exact search up to this many images (default {DEFAULTS.exact_max})")
     g.add_argument("--max-memory", type=float,
                    help="GB the index may take; it is sized to fit or refused (default: half of the RAM)")
     g.add_argument("--write-shards", action="store_true",
                    help="also write the input shards again with a {key}.concepts.json member into RUN/shards/")
-    g.add_argument("--samples-per-shard", type=int, default=1000, help="with --write-shards (default 1000)")
+    g.add_argument("--samples-per-shard", type=int, default=DEFAULTS.samples_per_shard,
+                   help=f"with --write-shards (default {DEFAULTS.samples_per_shard})")
     p.set_defaults(func=run)
 
 
@@ -125,8 +140,12 @@ def run(args: argparse.Namespace) -> int:
             samples_per_shard=args.samples_per_shard,
         )
         summary = curate(args.data, args.encoder, args.out, cfg)
-    except (RunMismatchError, ValueError, FileNotFoundError) as err:
+    except (RunMismatchError, ValueError, FileNotFoundError, FolderLocked) as err:
         print(f"cocu curate: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, read-only folder: one line, what and where
+        message = output_error(err, err.filename or args.out, Path(args.out))
+        print(f"cocu curate: error: {message}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # data-parallel runs: rank 0 reports
         print(format_summary(summary))

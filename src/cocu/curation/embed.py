@@ -29,13 +29,11 @@ no partial file; stale temporary files of a killed run are removed when the next
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -50,6 +48,7 @@ from cocu.data import skips as reasons
 from cocu.data.reader import resolve_sources
 from cocu.data.skips import SkipCounter
 from cocu.utils.atomic import atomic_path, atomic_write_json
+from cocu.utils.outputs import OutputError, output_error
 
 if TYPE_CHECKING:
     from cocu.curation.encoder import FrozenClip
@@ -88,35 +87,19 @@ def meta_path(out: Path, part: str | int) -> Path:
     return out / META_DIR / f"metadata_{_suffix(part)}.parquet"
 
 
-class EmbedOutputError(ValueError):
+class EmbedOutputError(OutputError):
     """The embedding folder cannot be written (disk full, read-only, permissions); nothing partial is left."""
-
-
-def _write_advice(err: OSError, out: Path) -> str:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT) or (err.errno is None and "requested and" in str(err)):
-        try:
-            free = f" ({shutil.disk_usage(out).free / 2**20:.0f} MiB free there now)"
-        except OSError:
-            free = ""
-        return f"the disk holding {out} is full{free}: free some space or choose another --out"
-    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"{out} is not writable: make it writable or choose another --out"
-    return f"check {out} or choose another --out"
 
 
 @contextlib.contextmanager
 def _writing(path: Path, out: Path) -> Iterator[None]:
-    """Turn an OSError while writing ``path`` into one :class:`EmbedOutputError` line (what, where, what to do)."""
+    """:func:`cocu.utils.outputs.writing` raising :class:`EmbedOutputError`."""
     try:
         yield
-    except EmbedOutputError:
+    except OutputError:
         raise
     except OSError as err:
-        why = err.strerror or str(err)
-        raise EmbedOutputError(
-            f"cannot write {path}: {why}; {_write_advice(err, out)}, then rerun the same command "
-            "(finished parts are kept, nothing partial was left)"
-        ) from err
+        raise EmbedOutputError(*output_error(err, path, out).args) from err
 
 
 class RecordingSkips(SkipCounter):

@@ -18,7 +18,7 @@ from cocu.curation.archive import PaddedArchive, pad_sorted
 from cocu.curation.cluster import ConceptGram, cluster_archives
 from cocu.curation.expand import EXPANSIONS, CaptionConcepts, SearchFn, expand_chunk, find_neighbors
 from cocu.curation.rank import RANKINGS, reference_cos, score_chunk
-from cocu.curation.sampling import SAMPLINGS, draw_padded
+from cocu.curation.sampling import DEFAULT_TAU, SAMPLINGS, draw_padded
 from cocu.curation.store import VectorParts
 
 METRIC_SETS: tuple[str, ...] = ("caption", "archive", "topL", "sampled")
@@ -33,7 +33,7 @@ class CurationParams:
     ranking: str = "t2v"
     sampling: str = "cluster"
     labels: int = 3
-    tau: float = 0.1
+    tau: float = DEFAULT_TAU
     kmeans_iters: int = 10
     seed: int = 0
 

@@ -45,14 +45,14 @@ from cocu.curation import vocab as vocab_mod
 from cocu.curation.archive import CURATION_DIR, ArchiveLookup, archive_table, part_path, read_part_meta, write_part
 from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summarize_stats
 from cocu.curation.expand import CaptionConcepts
-from cocu.curation.runstate import Ranks, RunState, file_digest, folder_fingerprint, stable_hash
-from cocu.curation.sampling import DEFAULT_TAU
+from cocu.curation.runstate import Ranks, RunState, file_digest, folder_fingerprint, run_lock, stable_hash
 from cocu.curation.store import EmbeddingStore, VectorParts, first_occurrences
 from cocu.data import skips as skip_reasons
-from cocu.data.reader import iter_samples, resolve_sources
+from cocu.data.reader import TAR_SUFFIX, iter_samples, resolve_sources
+from cocu.data.tarscan import scan_tar
 from cocu.data.skips import SkipCounter
-from cocu.data.writer import ShardWriter
-from cocu.utils.atomic import atomic_path, atomic_write_json
+from cocu.data.writer import ShardWriter, check_key
+from cocu.utils.atomic import atomic_path, atomic_write_json, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ NOT_CURATED = "not_curated"
 class CurateConfig:
     """Options of a curation run (defaults = full CoCu). ``RUNTIME_FIELDS`` do not change any result."""
 
-    expansion: str = "vision"
-    neighbors: int = 8
-    ranking: str = "t2v"
-    sampling: str = "cluster"
-    labels: int = 3
-    tau: float = DEFAULT_TAU
-    kmeans_iters: int = 10
-    seed: int = 0
+    expansion: str = CurationParams.expansion
+    neighbors: int = CurationParams.neighbors
+    ranking: str = CurationParams.ranking
+    sampling: str = CurationParams.sampling
+    labels: int = CurationParams.labels
+    tau: float = CurationParams.tau
+    kmeans_iters: int = CurationParams.kmeans_iters
+    seed: int = CurationParams.seed
     vocab: str | None = None
     rows_per_part: int = 100_000
     chunk_size: int = 8192
@@ -122,11 +122,17 @@ def _vocab_identity(vocab: str | None) -> dict[str, str]:
     return {"vocab": str(path.resolve()), "sha": file_digest(path)}
 
 
-def _data_identity(data_spec: str | Sequence[str]) -> list[tuple[str, int]]:
-    return [(src, Path(src).stat().st_size) for src in resolve_sources(data_spec)]
+def _data_identity(data_spec: str | Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each input file's content identity (size and a hash of its first and last blocks, as ``cocu embed``
+    records it; not its mtime, so a copied or touched file is the same input)."""
+    identity = {}
+    for src in resolve_sources(data_spec):
+        fingerprint = emb_mod.source_fingerprint(src)
+        identity[src] = {"size": fingerprint["size"], "sha256": fingerprint["head_tail_sha256"]}
+    return identity
 
 
-def _stage_ids(cfg: CurateConfig, encoder_spec: str, data: list[tuple[str, int]], world: int) -> dict[str, str]:
+def _stage_ids(cfg: CurateConfig, encoder_spec: str, data: dict[str, dict[str, Any]], world: int) -> dict[str, str]:
     ids = {"emb": stable_hash([data, encoder_spec, cfg.rows_per_part, world])}
     ids["vocab"] = stable_hash([encoder_spec, _vocab_identity(cfg.vocab)])
     ids["index"] = stable_hash([ids["emb"], cfg.expansion, cfg.index_kind, cfg.exact_max, cfg.max_memory, cfg.neighbors,
@@ -430,6 +436,22 @@ def _image_ext(data: bytes) -> str:
     return "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
 
 
+def check_shard_keys(sources: list[str]) -> None:
+    """Before any long work of ``--write-shards``: every key of the data must make a safe member name
+    (a relative path without ``..``); tar headers are walked without reading member data."""
+    skips = SkipCounter()
+    for source in sources:
+        if source.endswith(TAR_SUFFIX):
+            keys = (scanned.key for scanned in scan_tar(source, skips, load=frozenset()))
+        else:
+            keys = (sample.key for sample in iter_samples(source, decode_images=False, skips=skips))
+        for key in keys:
+            try:
+                check_key(key)
+            except ValueError as err:
+                raise ValueError(f"--write-shards cannot write sample {key!r} of {source}: {err}") from None
+
+
 def write_curated_shards(data_spec, run: Path, out_dir: Path, samples_per_shard: int) -> dict[str, int]:
     """Write the input samples again with a ``{key}.concepts.json`` member (the archive row as JSON)."""
     rows = ArchiveLookup(run)
@@ -444,7 +466,8 @@ def write_curated_shards(data_spec, run: Path, out_dir: Path, samples_per_shard:
             if row is None:
                 skipped[NOT_CURATED] += 1
                 continue
-            members = {_image_ext(sample.image_bytes): sample.image_bytes, "txt": sample.caption.encode("utf-8")}
+            image_ext = sample.image_ext or _image_ext(sample.image_bytes)  # a tar's own member names are kept
+            members = {image_ext: sample.image_bytes, sample.caption_ext or "txt": sample.caption.encode("utf-8")}
             if sample.meta is not None:
                 members["json"] = json.dumps(sample.meta, ensure_ascii=False).encode("utf-8")
             members[CONCEPTS_MEMBER] = row.to_json().encode("utf-8")
@@ -481,6 +504,8 @@ def _prepare_run(state: RunState, ranks: Ranks, overwrite: bool, inputs: tuple[s
     ranks.barrier()
     if ranks.main:
         state.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(state.run_dir):
+            logger.info("removed %s, left by an interrupted run", stale)
         state.reset(changed)
     ranks.barrier()
 
@@ -509,9 +534,19 @@ def curate(data_spec: str | Sequence[str], encoder_spec: str, run_dir: str | Pat
     data = _data_identity(data_spec)
     if len(data) < ranks.world:
         raise ValueError(f"{len(data)} data source file(s) cannot be split over {ranks.world} ranks; use fewer ranks")
-    options = {"data": [d[0] for d in data], "encoder": encoder_spec, **cfg.result_options(), "world_size": ranks.world}
-    state = RunState(run, options, _stage_ids(cfg, encoder_spec, data, ranks.world))
-    _prepare_run(state, ranks, cfg.overwrite)
+    if cfg.write_shards:
+        check_shard_keys(list(data))
+    options = {"data": list(data), "encoder": encoder_spec, **cfg.result_options(), "world_size": ranks.world}
+    state = RunState(run, options, _stage_ids(cfg, encoder_spec, data, ranks.world), sources=data)
+    with run_lock(run, ranks, "cocu curate"):
+        _prepare_run(state, ranks, cfg.overwrite)
+        return _curate_stages(data_spec, encoder_spec, state, cfg, ranks)
+
+
+def _curate_stages(
+    data_spec: str | Sequence[str], encoder_spec: str, state: RunState, cfg: CurateConfig, ranks: Ranks
+) -> dict[str, Any]:
+    run = state.run_dir
     emb_dirs = _emb_dirs(run, ranks.world)
     encoder = None
 
@@ -574,9 +609,11 @@ def curate_archive(run_dir: str | Path, cfg: CurateConfig) -> dict[str, Any]:
     listings = [folder_fingerprint(run / name) for name in inputs]
     for name, listing in zip(inputs, listings):
         if not listing:
-            raise FileNotFoundError(f"{run / name} is missing or empty; make it with `cocu {name}` first")
+            command = {"emb": "embed"}.get(name, name)
+            raise FileNotFoundError(f"{run / name} is missing or empty; make it with `cocu {command}` first")
     options = {"archive_of": str(run), **cfg.result_options()}
     state = RunState(run, options, {"curation": stable_hash([listings, asdict(cfg.params()), cfg.chunk_size])})
-    _prepare_run(state, ranks, cfg.overwrite, inputs)
-    stats, rejected, samples_in = run_curation_stage(run, [run / "emb"], cfg, state.stage_ids["curation"], ranks)
-    return _finish(state, ranks, stats, rejected, samples_in, {})
+    with run_lock(run, ranks, "cocu archive"):
+        _prepare_run(state, ranks, cfg.overwrite, inputs)
+        stats, rejected, samples_in = run_curation_stage(run, [run / "emb"], cfg, state.stage_ids["curation"], ranks)
+        return _finish(state, ranks, stats, rejected, samples_in, {})

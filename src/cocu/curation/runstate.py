@@ -11,6 +11,7 @@ Data-parallel runs (``torchrun``: env ``RANK``/``WORLD_SIZE``) synchronise with 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,9 +20,10 @@ import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cocu.utils.atomic import atomic_write_json
+from cocu.utils.lock import FolderLocked, folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +70,17 @@ def folder_fingerprint(folder: str | Path) -> list[tuple[str, int, int]]:
 class RunState:
     """Options and stage ids of one run folder."""
 
-    def __init__(self, run_dir: str | Path, options: dict[str, Any], stage_ids: dict[str, str]) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        options: dict[str, Any],
+        stage_ids: dict[str, str],
+        sources: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.options = options
         self.stage_ids = stage_ids
+        self.sources = sources or {}
 
     @property
     def options_path(self) -> Path:
@@ -119,6 +128,12 @@ class RunState:
         old = previous.get("options", {})
         keys = sorted(set(old) | set(self.options))
         diffs = [f"{k}: {old.get(k)!r} -> {self.options.get(k)!r}" for k in keys if old.get(k) != self.options.get(k)]
+        old_sources = previous.get("sources", {})
+        diffs += [
+            f"input file {path} changed (size or content differs from the data this run was made from)"
+            for path, identity in self.sources.items()
+            if path in old_sources and old_sources[path] != identity
+        ]
         return "; ".join(diffs) if diffs else "the input data or an upstream stage changed"
 
     def prepare(self, overwrite: bool, inputs: tuple[str, ...] = ()) -> list[str]:
@@ -156,7 +171,10 @@ class RunState:
                 state_file.unlink()
         previous = self._previous() or {}
         stages = {**previous.get("stages", {}), **self.stage_ids}
-        atomic_write_json(self.options_path, {"options": self.options, "stages": stages, "hash": stable_hash(stages)})
+        record = {"options": self.options, "stages": stages, "hash": stable_hash(stages)}
+        if self.sources:
+            record["sources"] = self.sources
+        atomic_write_json(self.options_path, record)
 
     def is_done(self, stage: str, outputs: list[Path], part: str = "") -> bool:
         """Whether ``stage`` (or one rank's ``part`` of it) finished with its current id and its outputs exist."""
@@ -174,6 +192,24 @@ class RunState:
 
     def mark_done(self, stage: str, info: dict[str, Any], part: str = "") -> None:
         atomic_write_json(self._state_path(stage + part), {"id": self.stage_ids[stage], "info": info})
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, ranks: Ranks, purpose: str) -> Iterator[None]:
+    """Hold ``run_dir``'s folder lock (:mod:`cocu.utils.lock`) for the ``with`` block. Rank 0 takes it for
+    the whole job (a second writer into the folder, from this machine or another, gets
+    :class:`~cocu.utils.lock.FolderLocked` naming the holder's pid); every rank raises if it is held."""
+    with contextlib.ExitStack() as stack:
+        error: FolderLocked | None = None
+        if ranks.main:
+            try:
+                stack.enter_context(folder_lock(run_dir, purpose))
+            except FolderLocked as err:
+                error = err
+        error = ranks.broadcast(error)
+        if error is not None:
+            raise error
+        yield
 
 
 @dataclass
@@ -204,6 +240,16 @@ class Ranks:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (picklable objects)."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def share(self, items: list[Any]) -> list[Any]:
         """The contiguous slice of ``items`` that this rank handles."""

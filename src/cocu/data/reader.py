@@ -88,6 +88,11 @@ class Sample:
     meta: dict | None
     source: str
     index: int
+    image_ext: str | None = None
+    """The extension the image was stored under in a tar or files folder (``jpg``, ``png``, ...); ``None`` for a
+    captions file's row."""
+    caption_ext: str | None = None
+    """The caption's extension there (``txt`` or ``text``); ``None`` for a captions file's row."""
 
 
 @dataclass
@@ -102,6 +107,8 @@ class _Raw:
     curated: bytes | None = None
     where: str = ""
     image_problem: str = ""
+    image_ext: str | None = None
+    caption_ext: str | None = None
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -186,6 +193,8 @@ def _raw_from_scan(scanned: TarSample) -> _Raw:
         caption=data(scanned.caption),
         meta=data(scanned.members.get(META_EXT)),
         curated=data(scanned.members.get(CURATED_EXT)),
+        image_ext=scanned.first_ext(IMAGE_EXTS),
+        caption_ext=scanned.first_ext(CAPTION_EXTS),
     )
     return raw
 
@@ -429,6 +438,8 @@ class _Validator:
             meta=_parse_meta(raw, self.skips),
             source=raw.source,
             index=self.count,
+            image_ext=raw.image_ext,
+            caption_ext=raw.caption_ext,
         )
         self.count += 1
         return sample

@@ -79,13 +79,14 @@ class TarSample:
         self.source = source
         self.members: dict[str, Member] = {}
 
+    def first_ext(self, exts: tuple[str, ...]) -> str | None:
+        """The first extension among ``exts`` (in that order) that the sample has a member for."""
+        return next((ext for ext in exts if ext in self.members), None)
+
     def first(self, exts: tuple[str, ...]) -> Member | None:
         """The first member present among ``exts`` (in that order)."""
-        for ext in exts:
-            member = self.members.get(ext)
-            if member is not None:
-                return member
-        return None
+        ext = self.first_ext(exts)
+        return None if ext is None else self.members[ext]
 
     @property
     def image(self) -> Member | None:

@@ -39,6 +39,11 @@ def write_tar(path: str | Path, samples: list[tuple[str, dict[str, bytes]]]) -> 
                     archive.addfile(info, io.BytesIO(data))
 
 
+def check_key(key: str) -> None:
+    """Raise ``ValueError`` unless ``key`` makes safe member names (relative, no ``..``, reads back as itself)."""
+    _check_member_name(key, "txt")
+
+
 def _check_member_name(key: str, ext: str) -> None:
     if not isinstance(key, str) or not isinstance(ext, str):
         raise TypeError(f"key and extension must be str, got {type(key).__name__}, {type(ext).__name__}")

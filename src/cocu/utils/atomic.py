@@ -5,9 +5,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+"""The names :func:`atomic_path` gives its temporary files (``.NAME.XXXXXXXX.tmp``, mkstemp's suffix)."""
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` left under ``folder`` by a killed run (call it while
+    holding the folder's lock); returns what was removed. No other file is touched."""
+    removed = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                path = Path(root) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
