@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, CLIPModel, GroupViTModel, PreTrainedTokenizerBase
 
 from cocu.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
-from cocu.text.tokenizer import load_tokenizer
+from cocu.text.tokenizer import load_tokenizer, save_tokenizer
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 FAMILIES = {"groupvit": GroupViTModel, "clip": CLIPModel}
@@ -87,7 +87,7 @@ def save_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         processor = {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": True,
