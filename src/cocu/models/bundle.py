@@ -54,9 +54,62 @@ def _preprocess_from(path: str, image_size: int) -> Preprocess:
     )
 
 
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), read now."""
+    from huggingface_hub import constants
+
+    env = (os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(v in _TRUE for v in env)
+
+
+def looks_like_path(spec: str) -> bool:
+    """A model spec that can only be a local path: absolute, relative (``.``), home (``~``), more than one
+    ``/`` or a backslash (hub names are ``name`` or ``org/name``), or ``dir/name`` whose ``dir`` exists here."""
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec:
+        return True
+    parent = Path(spec).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _in_hub_cache(spec: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def resolve_model_path(spec: str | Path) -> str:
+    """Check a model spec before any hub lookup: a local folder must exist and hold config.json; a spec
+    that looks like a path (:func:`looks_like_path`) and is not a folder fails at once, as does a hub name
+    missing from the local cache while the hub is off. Returns what transformers should load."""
+    text = str(spec)
+    folder = Path(os.path.expanduser(text))
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{text}: this folder has no config.json; a model folder holds config.json, weights and tokenizer "
+                "files as written by `cocu train` or transformers' save_pretrained"
+            )
+        return str(folder)
+    if looks_like_path(text) or folder.exists():
+        raise FileNotFoundError(f"{text}: no such model folder ({folder.absolute()} does not exist or is not a folder)")
+    if hub_offline() and not _in_hub_cache(text):
+        raise FileNotFoundError(
+            f"{text}: not a local folder, and not in the local Hugging Face cache while the hub is off "
+            "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); pass a model folder, or fetch the model once with the hub on"
+        )
+    return text
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a GroupViT or CLIP folder (or hub name) with its tokenizer and preprocessing, in eval mode."""
-    path = str(path)
+    """Load a GroupViT or CLIP folder (or hub name) with its tokenizer and preprocessing, in eval mode;
+    a missing local folder fails before any hub lookup (:func:`resolve_model_path`)."""
+    path = resolve_model_path(path)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
