@@ -277,3 +277,17 @@ def test_cli_registers_every_command_and_rejects_an_unknown_one():
     with pytest.raises(SystemExit) as exit_info:
         main(["no-such-command"])
     assert exit_info.value.code == 2
+
+
+def test_lowest_pass_installs_exactly_the_declared_lower_bounds():
+    """`make test` runs the `lowest` tests under the Makefile's pins; each must be a lower bound in
+    pyproject.toml, so a range there is a promise that CI checks."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    makefile = (root / "Makefile").read_text("utf-8")
+    pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([0-9.]+?)(?:\.\*)?"', makefile.split("LOWEST_PINS :=")[1].splitlines()[0]))
+    bounds = dict(re.findall(r'"([A-Za-z0-9_.-]+)>=([0-9.]+)"', (root / "pyproject.toml").read_text("utf-8")))
+    assert {"numpy", "transformers", "tokenizers", "pyarrow", "webdataset"} <= set(pins)
+    assert {name: bounds.get(name) for name in pins} == pins
