@@ -236,6 +236,37 @@ def test_an_uncached_hub_name_fails_at_once_when_the_hub_is_off(monkeypatch, no_
         load_bundle("cocu-tests/no-such-model")
 
 
+def test_an_uncached_hub_name_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, no_hub):
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as sock:  # a loopback port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(FileNotFoundError, match="while the hub cannot be reached"):
+        load_bundle("cocu-tests/no-such-model")
+
+
+def test_a_cached_hub_name_loads_from_its_snapshot_when_the_hub_is_off(tmp_path, monkeypatch):
+    """The Hugging Face cache layout (models--org--name/snapshots/REV/...) is read without a hub lookup."""
+    from huggingface_hub import constants
+
+    tok = byte_level_tokenizer(32)
+    snapshot = tmp_path / "models--cocu-tests--tiny" / "snapshots" / ("0" * 40)
+    save_bundle(build_clip("clip-tiny", tok, seed=0), tok, snapshot, image_size=64)
+    (tmp_path / "models--cocu-tests--tiny" / "refs").mkdir()
+    (tmp_path / "models--cocu-tests--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bundle = load_bundle("cocu-tests/tiny")
+    assert bundle.family == "clip" and bundle.tokenizer("a dog").input_ids == tok("a dog").input_ids
+
+
 def test_atomic_write_leaves_ordinary_permissions_and_no_temp_on_error(tmp_path):
     import os
 

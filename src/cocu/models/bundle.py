@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -74,19 +76,39 @@ def looks_like_path(spec: str) -> bool:
     return parent != Path(".") and parent.is_dir()
 
 
-def _in_hub_cache(spec: str) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds (assumed yes behind an
+    HTTPS proxy, which this check cannot see through). transformers itself retries an unreachable hub for
+    about 25 s before it gives up."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_snapshot(spec: str) -> Path | None:
+    """The local snapshot folder of hub model ``spec`` if its config.json is in the Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+        found = try_to_load_from_cache(spec, "config.json")
     except ValueError:  # not a valid repo id
-        return False
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def resolve_model_path(spec: str | Path) -> str:
     """Check a model spec before any hub lookup: a local folder must exist and hold config.json; a spec
     that looks like a path (:func:`looks_like_path`) and is not a folder fails at once, as does a hub name
-    missing from the local cache while the hub is off. Returns what transformers should load."""
+    missing from the local cache while the hub is off or unreachable; a cached one then loads from its
+    snapshot folder, without hub lookups. Returns what transformers should load."""
     text = str(spec)
     folder = Path(os.path.expanduser(text))
     if folder.is_dir():
@@ -98,12 +120,19 @@ def resolve_model_path(spec: str | Path) -> str:
         return str(folder)
     if looks_like_path(text) or folder.exists():
         raise FileNotFoundError(f"{text}: no such model folder ({folder.absolute()} does not exist or is not a folder)")
-    if hub_offline() and not _in_hub_cache(text):
+    if hub_offline():
+        why = "the hub is off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)"
+    elif not hub_reachable():
+        why = "the hub cannot be reached"
+    else:
+        return text
+    snapshot = _cached_snapshot(text)
+    if snapshot is None:
         raise FileNotFoundError(
-            f"{text}: not a local folder, and not in the local Hugging Face cache while the hub is off "
-            "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); pass a model folder, or fetch the model once with the hub on"
+            f"{text}: not a local folder, and not in the local Hugging Face cache while {why}; pass a model "
+            "folder, or fetch the model once with the hub reachable"
         )
-    return text
+    return str(snapshot)
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
