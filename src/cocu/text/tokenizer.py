@@ -25,7 +25,7 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 # The class both transformers 4.x and 5.x load a plain tokenizer.json with (5.x writes its own name,
 # TokenizersBackend, which 4.x does not know).
 FAST_CLASS = "PreTrainedTokenizerFast"
-_FAST_CLASSES = {FAST_CLASS, "TokenizersBackend", None}
+_FAST_CLASSES = {FAST_CLASS, "TokenizersBackend"}
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # transformers' CLIP and GroupViT text models treat an end-of-text id of 2 as a legacy config and pool
