@@ -159,14 +159,15 @@ def test_saved_tokenizer_folder_is_portable_and_has_no_token_type_ids(tmp_path):
 
 @pytest.mark.lowest
 def test_a_folder_in_transformers_5_form_loads_the_same(tmp_path):
-    """transformers 5 names the class TokenizersBackend and tokenizers 0.20+ writes merges as pairs;
-    neither may change the ids (transformers 4.40 knows neither form)."""
+    """transformers 5 names the class TokenizersBackend, states no add_prefix_space (4.57 then drops the
+    prefix space) and tokenizers 0.20+ writes merges as pairs; none may change the ids (transformers
+    4.40 knows neither the class nor the pairs)."""
     tok = train_bpe_tokenizer(BPE_CORPUS, vocab_size=300)
     save_tokenizer(tok, tmp_path)
     config_path, json_path = tmp_path / "tokenizer_config.json", tmp_path / "tokenizer.json"
     config = json.loads(config_path.read_text("utf-8"))
     config.update(tokenizer_class="TokenizersBackend", backend="tokenizers")
-    del config["model_input_names"]
+    del config["model_input_names"], config["add_prefix_space"]
     config_path.write_text(json.dumps(config), "utf-8")
     raw = json.loads(json_path.read_text("utf-8"))
     raw["model"]["merges"] = [m.split(" ") for m in raw["model"]["merges"]]

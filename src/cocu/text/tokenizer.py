@@ -26,6 +26,9 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 # TokenizersBackend, which 4.x does not know).
 FAST_CLASS = "PreTrainedTokenizerFast"
 _FAST_CLASSES = {FAST_CLASS, "TokenizersBackend"}
+# Some transformers 4.x releases (4.57) rebuild the pre-tokenizer with the add_prefix_space keyword
+# (default False) whatever tokenizer.json says, so it is always passed, and written to the config.
+PREFIX_SPACE = True
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # transformers' CLIP and GroupViT text models treat an end-of-text id of 2 as a legacy config and pool
@@ -35,7 +38,7 @@ SPECIAL_TOKENS = (EOS, BOS, PAD)
 
 def _configure(tok: Tokenizer) -> Tokenizer:
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=PREFIX_SPACE)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}",
@@ -53,6 +56,7 @@ def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
         unk_token=None,
         model_max_length=max_length,
         model_input_names=MODEL_INPUT_NAMES,
+        add_prefix_space=PREFIX_SPACE,
     )
 
 
@@ -72,7 +76,7 @@ def train_bpe_tokenizer(
     """Train a byte-level BPE on ``texts`` (captions plus vocabulary); deterministic for the same input."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=PREFIX_SPACE)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -96,14 +100,24 @@ def _legacy_merges(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _prefix_space(raw: dict[str, Any]) -> bool | None:
+    """The ``add_prefix_space`` of the ByteLevel pre-tokenizer in a tokenizer.json, if it has one."""
+    pre = raw.get("pre_tokenizer") or {}
+    for step in pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]:
+        if step.get("type") == "ByteLevel" and "add_prefix_space" in step:
+            return bool(step["add_prefix_space"])
+    return None
+
+
 def _token(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
     """``save_pretrained`` into ``folder`` (a staging folder: files are written in place), then make the
-    files portable: a class name that transformers 4.x and 5.x both know, no token_type_ids, and
-    legacy-form merges, so both versions load the same tokenizer."""
+    files portable: a class name that transformers 4.x and 5.x both know, no token_type_ids, the
+    pre-tokenizer's add_prefix_space stated in the config, and legacy-form merges, so every supported
+    version loads the same tokenizer."""
     folder = Path(folder)
     tokenizer.save_pretrained(folder)
     config_path = folder / TOKENIZER_CONFIG
@@ -112,16 +126,21 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> No
         config["tokenizer_class"] = FAST_CLASS
         config.pop("backend", None)
     config["model_input_names"] = MODEL_INPUT_NAMES
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
     tokenizer_json = folder / TOKENIZER_JSON
     if tokenizer_json.is_file():
         raw = _legacy_merges(json.loads(tokenizer_json.read_text("utf-8")))
         tokenizer_json.write_text(json.dumps(raw, ensure_ascii=False), "utf-8")
+        prefix_space = _prefix_space(raw)
+        if prefix_space is not None:
+            config["add_prefix_space"] = prefix_space
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 def _load_fast(folder: Path, config: dict[str, Any]) -> PreTrainedTokenizerFast:
     """A plain tokenizer.json folder, read the same way under transformers 4.x and 5.x."""
     raw = _legacy_merges(json.loads((folder / TOKENIZER_JSON).read_text("utf-8")))
+    prefix_space = _prefix_space(raw)
+    extra = {} if prefix_space is None else {"add_prefix_space": prefix_space}
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(raw)),
         bos_token=_token(config.get("bos_token")),
@@ -130,6 +149,7 @@ def _load_fast(folder: Path, config: dict[str, Any]) -> PreTrainedTokenizerFast:
         unk_token=_token(config.get("unk_token")),
         model_max_length=int(config.get("model_max_length", 77)),
         model_input_names=MODEL_INPUT_NAMES,
+        **extra,
     )
 
 
