@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 LOWEST_VENV := .venv-lowest
 LOWEST_BIN := $(LOWEST_VENV)/bin
 LOWEST_STAMP := $(LOWEST_VENV)/.installed-stamp
-LOWEST_PINS := "numpy==1.26.*" "transformers==4.40.*" "tokenizers==0.19.*" "pyarrow==14.*" "webdataset==0.2.86"
+LOWEST_PINS := "numpy==1.26.*" "transformers==4.46.*" "tokenizers==0.20.*" "pyarrow==14.*" "webdataset==0.2.86"
 
 .PHONY: demo test test-lowest install install-lowest clean
 

@@ -90,7 +90,7 @@ def train_bpe_tokenizer(
 
 def _legacy_merges(raw: dict[str, Any]) -> dict[str, Any]:
     """BPE merges as ``"a b"`` strings, the form every ``tokenizers`` release reads (0.20+ writes pairs,
-    which 0.19, the one transformers 4.40 needs, rejects). Byte-level tokens never hold a space."""
+    which tokenizers 0.19 and older reject). Byte-level tokens never hold a space."""
     model = raw.get("model", {})
     merges = model.get("merges")
     if model.get("type") == "BPE" and merges and not isinstance(merges[0], str):
