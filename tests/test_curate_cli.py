@@ -190,7 +190,7 @@ def test_embeddings_disagreeing_with_their_metadata_are_refused_naming_the_file(
 
 
 def test_index_of_another_dimension_is_refused_before_curation(base_run, tmp_path, capsys):
-    faiss = pytest.importorskip("faiss")
+    import faiss
     data, vocab, good, base = base_run
     out = _copy_run(base, tmp_path / "run")
     shutil.rmtree(out / "curation")
@@ -312,7 +312,7 @@ def test_two_ranks_split_embedding_and_curation_and_match_one_process(base_run, 
 
 
 def test_repeated_key_in_the_embeddings_is_rejected_once_not_curated_twice(base_run, tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     data, vocab, good, base = base_run
     out = tmp_path / "run"
     out.mkdir()

@@ -275,7 +275,7 @@ def test_curator_metrics_are_micro_averaged_against_truth(tiny_world):
 
 
 def test_archive_part_round_trips_through_parquet(tmp_path, tiny_world):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     images, captions, concept_emb = tiny_world
     params = CurationParams(neighbors=2)
     curator = Curator(images, captions, concept_emb, _brute_search(images), params)

@@ -24,6 +24,7 @@ from cocu.evaluation.dense_clip import (
 from cocu.evaluation.protocol import group_class_probs
 from cocu.models.bundle import load_bundle, save_bundle
 from cocu.models.factory import build_clip, build_groupvit
+from cocu.models.features import pooled_features
 from cocu.text.tokenizer import byte_level_tokenizer
 
 CLASSES = ["sky", "grass", "dog"]
@@ -49,7 +50,7 @@ def test_dense_crop_encoding_has_one_group_per_patch_and_clip_image_embedding(cl
     assert enc.group_emb.shape == (2, 64, 128)
     assert torch.allclose(enc.group_emb.norm(dim=-1), torch.ones(2, 64), atol=1e-5)
     # the whole-image embedding is the unchanged CLIP's
-    expected = F.normalize(zs.model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    expected = F.normalize(pooled_features(zs.model.get_image_features(pixel_values=pixels)), dim=-1)
     assert torch.allclose(enc.image_emb, expected, atol=1e-5)
 
 

@@ -24,11 +24,6 @@ def _images():
 TEXTS = ["a photo of a cat.", "two dogs on the grass", "", "x" * 500]
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    return load_encoder("random:clip-tiny")
-
-
 def test_random_clip_tiny_is_deterministic_and_seeded(encoder):
     again = load_encoder("random:clip-tiny@0")
     other = load_encoder("random:clip-tiny@1")

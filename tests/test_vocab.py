@@ -5,7 +5,6 @@ import pytest
 
 from cocu.cli import main
 from cocu.resources import CLASSNAME_SETS
-from cocu.curation.encoder import load_encoder
 from cocu.curation.vocab import (
     Vocabulary,
     normalise_class_name,
@@ -210,11 +209,6 @@ def test_default_vocabulary_without_class_name_files_is_an_error():
     with pytest.raises(FileNotFoundError, match="no class-name files.*--vocab"):
         Vocabulary.default(names=["no-such-benchmark"])
     assert "imagenet" in CLASSNAME_SETS and len(CLASSNAME_SETS) == 9
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return load_encoder("random:clip-tiny")
 
 
 def test_vocab_dir_round_trip(tmp_path, encoder, vocab):

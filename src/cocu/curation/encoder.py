@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cocu.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from cocu.models.factory import build_clip, get_model_spec, model_config_names
+from cocu.models.features import pooled_features as _features
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,6 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
-
-
-def _features(output: torch.Tensor | object) -> torch.Tensor:
-    """``get_*_features`` returns a tensor in transformers 4.x and an output object (projected
-    ``pooler_output``) in 5.x; accept both."""
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if not isinstance(pooled, torch.Tensor):
-        raise TypeError(f"unexpected CLIP feature output of type {type(output).__name__}")
-    return pooled
 
 
 def _normalised(x: torch.Tensor) -> np.ndarray:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from cocu.evaluation.protocol import pixel_group_assignment
 from cocu.models.bundle import ModelBundle
+from cocu.models.features import pooled_features as _pooled
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -26,16 +27,6 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _pooled(output: torch.Tensor | object) -> torch.Tensor:
-    """``get_*_features`` return a tensor (transformers 4.x) or an output with projected ``pooler_output``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if not isinstance(pooled, torch.Tensor):
-        raise TypeError(f"unexpected feature output of type {type(output).__name__}")
-    return pooled
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """Build GroupViT and CLIP models from named configs kept as data (`cocu/models/configs/*.json`).
 
 The transformers classes are used as they are; this module only turns our compact configs into
-theirs, fixes what a from-scratch build needs (token ids, zero-initialised group tokens and
-position embeddings) and loads trained folders back.
+theirs, fixes what a from-scratch build needs (token ids, initial weights that depend on the seed
+alone, whatever the transformers version) and loads trained folders back.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -21,6 +22,8 @@ from transformers import (
     GroupViTModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention, CLIPVisionEmbeddings
+from transformers.models.groupvit.modeling_groupvit import GroupViTMLP, GroupViTAttention
 
 from cocu.text.tokenizer import special_token_ids
 
@@ -90,30 +93,87 @@ def clip_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> CLIPConf
     )
 
 
-def _init_groupvit_zeros(model: GroupViTModel, std: float = 0.02) -> None:
-    """GroupViT initialises group tokens and patch position embeddings with a truncated normal;
-    transformers leaves both at zero, which makes every group token identical at the start."""
-    vision = model.vision_model
-    nn.init.trunc_normal_(vision.embeddings.position_embeddings, std=std)
-    for stage in vision.encoder.stages:
-        if stage.group_token is not None:
-            nn.init.trunc_normal_(stage.group_token, std=std)
+def _param_generator(seed: int, name: str) -> torch.Generator:
+    """One generator per parameter, keyed by its name: the draw does not depend on the order in which a
+    transformers version creates or visits modules."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % 2**63)
+
+
+def _tower_config(model: nn.Module, name: str) -> Any:
+    return model.config.text_config if name.startswith("text_") else model.config.vision_config
+
+
+def _weight_std(model: nn.Module, owner: str, parent: nn.Module, child: str, module: nn.Module) -> float:
+    """The standard deviation of a Linear/Conv/Embedding weight, following CLIP's and GroupViT's scheme:
+    attention and MLP projections scaled by width and depth, the output projections by the tower width,
+    everything else 0.02."""
+    factor = float(model.config.initializer_factor)
+    if isinstance(parent, (CLIPAttention, GroupViTAttention)) and child in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        embed_dim = parent.q_proj.in_features
+        if child == "out_proj":
+            return embed_dim**-0.5 * factor
+        return embed_dim**-0.5 * (2 * _tower_config(model, owner).num_hidden_layers) ** -0.5 * factor
+    if isinstance(parent, (CLIPMLP, GroupViTMLP)) and child in ("fc1", "fc2"):
+        hidden = parent.fc1.in_features
+        if child == "fc1":
+            return (2 * hidden) ** -0.5 * factor
+        return hidden**-0.5 * (2 * _tower_config(model, owner).num_hidden_layers) ** -0.5 * factor
+    if isinstance(model, CLIPModel) and owner in ("text_projection", "visual_projection"):
+        return module.in_features**-0.5 * factor
+    return 0.02 * factor
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Set every parameter of a freshly built CLIP or GroupViT from ``seed`` alone.
+
+    transformers 4.x and 5.x draw their initial weights in different orders (5.x also skips torch's
+    default init), so the same seed gave different models, and different random:clip-tiny embeddings,
+    under each. Here each weight is drawn from its own generator keyed by (seed, parameter name):
+    norms start at one, biases at zero, the logit scale at the config's value, group tokens, position
+    and class embeddings and all other weights from a normal with the standard deviation of
+    :func:`_weight_std` (the CLIP / GroupViT scheme; the GroupViT group tokens and patch position
+    embeddings, which transformers leaves at zero, get 0.02)."""
+    modules = dict(model.named_modules())
+    for name, param in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        module = modules[owner]
+        parent_name, _, child = owner.rpartition(".")
+        parent = modules[parent_name] if owner else model
+        if isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)) and leaf == "weight":
+            param.fill_(1.0)
+        elif leaf == "bias":
+            param.zero_()
+        elif name == "logit_scale":
+            param.fill_(float(model.config.logit_scale_init_value))
+        else:
+            if isinstance(module, CLIPVisionEmbeddings) and leaf == "class_embedding":
+                std = module.embed_dim**-0.5 * float(model.config.initializer_factor)
+            elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                std = _weight_std(model, owner, parent, child, module)
+            else:
+                std = 0.02
+            draw = torch.randn(param.shape, generator=_param_generator(seed, name), dtype=torch.float32)
+            param.copy_(draw * std)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.reset_running_stats()
 
 
 def _build(name: str, family: str, tokenizer: PreTrainedTokenizerBase, seed: int | None) -> nn.Module:
-    """Build a model of ``family`` from its named config; with a seed, torch's global generator is
-    seeded for the build and restored afterwards."""
+    """Build a model of ``family`` from its named config with weights from :func:`init_weights`; without
+    a seed, one is drawn from torch's global generator."""
     spec = get_model_spec(name)
     if spec.family != family:
         raise ValueError(f"{name} is a {spec.family} config, not a {family} one")
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    with torch.random.fork_rng(devices=[]):
         if family == "groupvit":
             model = GroupViTModel(groupvit_config(spec, tokenizer))
-            _init_groupvit_zeros(model)
         else:
             model = CLIPModel(clip_config(spec, tokenizer))
+    init_weights(model, seed)
     return model
 
 
