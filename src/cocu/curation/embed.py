@@ -457,7 +457,7 @@ class Embeddings:
         return int(self.image.shape[1])
 
 
-def _open_rows(path: Path) -> np.ndarray:
+def open_rows(path: Path) -> np.ndarray:
     """Memory-map a part's ``.npy`` (nothing is read yet) and check it is a 2-D float array."""
     try:
         array = np.load(path, mmap_mode="r")
@@ -497,7 +497,7 @@ def load_embeddings(emb_dir: str | Path) -> Embeddings:
         for needed in files[1:]:
             if not needed.is_file():
                 raise FileNotFoundError(f"{needed} is missing (its part {files[0]} exists); rerun `cocu embed`")
-        image, text = _open_rows(files[0]), _open_rows(files[1])
+        image, text = open_rows(files[0]), open_rows(files[1])
         table = pq.read_table(files[2])
         for column in ("image_path", "caption"):
             if column not in table.column_names:

@@ -30,6 +30,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from cocu.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+from cocu.models.bundle import cached_snapshot, looks_like_path
 from cocu.models.factory import build_clip, get_model_spec, model_config_names
 from cocu.models.features import pooled_features as _features
 
@@ -163,29 +164,13 @@ def _random_clip(spec: str, device: torch.device) -> FrozenClip:
     return FrozenClip(model, tokenizer, preprocess, spec, device, config.max_text_length)
 
 
-def _looks_like_path(spec: str) -> bool:
-    """Hub names are ``name`` or ``org/name``; anything else (absolute, relative, home, deeper) is a path."""
-    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
-
-
 def _unresolved(spec: str, why: str) -> ValueError:
-    fetch = "" if _looks_like_path(spec) else f" (fetch it once with `huggingface-cli download {spec}`)"
+    fetch = "" if looks_like_path(spec) else f" (fetch it once with `huggingface-cli download {spec}`)"
     return ValueError(
         f"encoder spec {spec!r} does not resolve: {why}. Fix: pass a local folder holding a transformers CLIP "
         "(config.json, weights, tokenizer files; e.g. one written by `cocu train` or save_pretrained), a hub "
         f"name already in the local Hugging Face cache{fetch}, or random:clip-tiny[@SEED] for plumbing tests"
     )
-
-
-def _cached_snapshot(spec: str) -> Path | None:
-    """The local snapshot folder of hub checkpoint ``spec`` if its config is in the Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(spec, "config.json")
-    except ValueError:  # not a valid repo id
-        return None
-    return Path(found).parent if isinstance(found, str) else None
 
 
 def resolve_checkpoint(spec: str) -> Path:
@@ -195,9 +180,9 @@ def resolve_checkpoint(spec: str) -> Path:
         if not (path / "config.json").is_file():
             raise _unresolved(spec, f"{path} has no config.json")
         return path
-    if _looks_like_path(spec) or path.exists():
+    if looks_like_path(spec) or path.exists():
         raise _unresolved(spec, f"no such folder {path}")
-    snapshot = _cached_snapshot(spec)
+    snapshot = cached_snapshot(spec)
     if snapshot is None:
         raise _unresolved(spec, "not a local folder and not in the local Hugging Face cache")
     return snapshot

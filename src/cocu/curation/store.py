@@ -36,16 +36,6 @@ CHUNK_ROWS = 65_536
 FINGERPRINT_ROWS = 64
 
 
-def _open(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read embeddings file {path}: {err}") from err
-    if array.ndim != 2 or array.dtype not in (np.float16, np.float32, np.float64):
-        raise ValueError(f"{path}: expected a 2-D float array, got {array.dtype} with shape {array.shape}")
-    return array
-
-
 def _unit_rows(x: np.ndarray, block: int = 2048) -> None:
     """Scale the rows of ``x [b, d]`` float32 to unit length in place, block by block (cache-sized), with the
     arithmetic of ``np.linalg.norm(axis=1)`` (sqrt of the pairwise sum of squares), so the values equal
@@ -178,7 +168,7 @@ class EmbeddingStore:
                     raise FileNotFoundError(
                         f"{meta_file} is missing (its part {image_file} exists); rerun `cocu embed`"
                     )
-                image = _open(image_file)
+                image = emb_mod.open_rows(image_file)
                 rows = pq.ParquetFile(meta_file).metadata.num_rows
                 columns = pq.read_schema(meta_file).names
                 for column in ("image_path", "caption"):
@@ -186,7 +176,7 @@ class EmbeddingStore:
                         raise ValueError(f"{meta_file} has no {column!r} column (columns: {columns})")
                 checked = [(image, image_file)]
                 if text_file.is_file():
-                    text = _open(text_file)
+                    text = emb_mod.open_rows(text_file)
                     texts.append(text)
                     text_paths.append(text_file)
                     checked.append((text, text_file))

@@ -93,7 +93,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cached_snapshot(spec: str) -> Path | None:
+def cached_snapshot(spec: str) -> Path | None:
     """The local snapshot folder of hub model ``spec`` if its config.json is in the Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -126,7 +126,7 @@ def resolve_model_path(spec: str | Path) -> str:
         why = "the hub cannot be reached"
     else:
         return text
-    snapshot = _cached_snapshot(text)
+    snapshot = cached_snapshot(text)
     if snapshot is None:
         raise FileNotFoundError(
             f"{text}: not a local folder, and not in the local Hugging Face cache while {why}; pass a model "

@@ -50,6 +50,7 @@ from cocu.data.skips import SkipCounter
 from cocu.data.transforms import NORMALIZATIONS
 from cocu.models.bundle import save_bundle
 from cocu.models.factory import build_model, get_model_spec
+from cocu.models.features import pooled_features
 from cocu.text.tokenizer import load_tokenizer, train_bpe_tokenizer
 from cocu.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -128,11 +129,6 @@ class StepInfo:
     module: nn.Module
 
 
-def _pooled(out: torch.Tensor | object) -> torch.Tensor:
-    """transformers 5.x returns a model output whose ``pooler_output`` is the projected embedding."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 class TrainModule(nn.Module):
     """The transformers model plus the loss's own temperature; the unit that is optimised, checkpointed and
     (under torchrun) wrapped in ``DistributedDataParallel``. ``bf16``: features under bfloat16 autocast."""
@@ -152,8 +148,8 @@ class TrainModule(nn.Module):
     def features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features [b,d] and text features [b,1+L,d] (unnormalised)."""
         b = batch.images.shape[0]
-        image = _pooled(self.model.get_image_features(pixel_values=batch.images))  # [b,d]
-        text = _pooled(self.model.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask))
+        image = pooled_features(self.model.get_image_features(pixel_values=batch.images))  # [b,d]
+        text = pooled_features(self.model.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask))
         return image, text.reshape(b, 1 + batch.num_labels, -1)  # [b,1+L,d]
 
     def scales(self) -> tuple[float, float | None]:
