@@ -43,11 +43,17 @@ def test_eval_cls_on_class_named_folders_reports_top1_top5_and_per_class(tiny_mo
     assert result["skipped"] == {"corrupt_image": 1, "total": 1}
 
 
-def test_eval_cls_limit_spreads_over_classes(tmp_path):
-    _folder(tmp_path, {"a": 3, "b": 3, "c": 1})
-    folder = open_image_folder(tmp_path)
+def test_eval_cls_limit_spreads_over_classes(tiny_model_dir, tmp_path):  # noqa: F811
+    _folder(tmp_path / "classify", {"a": 3, "b": 3, "c": 1}, classes_txt=["a", "b", "c"])
+    folder = open_image_folder(tmp_path / "classify")
     assert folder.class_names == ["a", "b", "c"]
     assert [it.target for it in folder.items][:4] == [0, 1, 2, 0]
+    out = tmp_path / "cls.json"
+    argv = ["eval-cls", "--model", str(tiny_model_dir), "--root", str(tmp_path / "classify"), "--out", str(out)]
+    assert main([*argv, "--limit", "3", "--templates", "simple", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 3  # the limit: the first image of each class, not three images of class a
+    assert all(v is not None for v in result["per_class_accuracy"].values())
 
 
 def test_wnid_folders_map_to_imagenet_names_only_for_all_1000(tmp_path):
