@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,16 +40,14 @@ from cocu.curation import embed as emb_mod
 from cocu.curation import index as index_mod
 from cocu.curation import knn as knn_mod
 from cocu.curation import vocab as vocab_mod
-from cocu.curation.archive import CURATION_DIR, ArchiveLookup, archive_table, part_path, read_part_meta, write_part
+from cocu.curation.archive import CURATION_DIR, archive_table, part_path, read_part_meta, write_part
 from cocu.curation.engine import Curator, CurationParams, TrueConcepts, summarize_stats
 from cocu.curation.expand import CaptionConcepts
 from cocu.curation.runstate import Ranks, RunState, file_digest, folder_fingerprint, run_lock, stable_hash
+from cocu.curation.shards import check_shard_keys, write_curated_shards
 from cocu.curation.store import EmbeddingStore, VectorParts, first_occurrences
 from cocu.data import skips as skip_reasons
-from cocu.data.reader import TAR_SUFFIX, iter_samples, resolve_sources
-from cocu.data.tarscan import scan_tar
-from cocu.data.skips import SkipCounter
-from cocu.data.writer import ShardWriter, check_key
+from cocu.data.reader import resolve_sources
 from cocu.utils.atomic import atomic_path, atomic_write_json, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -63,9 +59,6 @@ CACHE_DIR = "cache"
 the archive's parquet parts (pandas, duckdb, pyarrow.dataset read it as one data set)."""
 SELF_JOIN_FILE, SELF_JOIN_INFO = "self_join.npy", "self_join.json"
 CONCEPT_LISTS = "concept_lists.npz"
-CONCEPTS_MEMBER = "concepts.json"
-NOT_CURATED = "not_curated"
-"""``--write-shards``: a sample read from the data that has no archive row (rejected when embedding)."""
 
 
 @dataclass
@@ -430,50 +423,6 @@ def _cached_join(
     if saved.get("stage_id") != stage_id or table.shape != shape:
         return None, {}
     return table, saved["info"]
-
-
-def _image_ext(data: bytes) -> str:
-    return "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
-
-
-def check_shard_keys(sources: list[str]) -> None:
-    """Before any long work of ``--write-shards``: every key of the data must make a safe member name
-    (a relative path without ``..``); tar headers are walked without reading member data."""
-    skips = SkipCounter()
-    for source in sources:
-        if source.endswith(TAR_SUFFIX):
-            keys = (scanned.key for scanned in scan_tar(source, skips, load=frozenset()))
-        else:
-            keys = (sample.key for sample in iter_samples(source, decode_images=False, skips=skips))
-        for key in keys:
-            try:
-                check_key(key)
-            except ValueError as err:
-                raise ValueError(f"--write-shards cannot write sample {key!r} of {source}: {err}") from None
-
-
-def write_curated_shards(data_spec, run: Path, out_dir: Path, samples_per_shard: int) -> dict[str, int]:
-    """Write the input samples again with a ``{key}.concepts.json`` member (the archive row as JSON)."""
-    rows = ArchiveLookup(run)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    skipped: Counter[str] = Counter()
-    written = 0
-    with ShardWriter(out_dir, prefix="shard", samples_per_shard=samples_per_shard) as writer:
-        samples = iter_samples(data_spec, decode_images=False, skips=SkipCounter())
-        for sample in tqdm(samples, desc="shards", unit="sample"):
-            row = rows.get(sample.key)
-            if row is None:
-                skipped[NOT_CURATED] += 1
-                continue
-            image_ext = sample.image_ext or _image_ext(sample.image_bytes)  # a tar's own member names are kept
-            members = {image_ext: sample.image_bytes, sample.caption_ext or "txt": sample.caption.encode("utf-8")}
-            if sample.meta is not None:
-                members["json"] = json.dumps(sample.meta, ensure_ascii=False).encode("utf-8")
-            members[CONCEPTS_MEMBER] = row.to_json().encode("utf-8")
-            writer.write(sample.key, members)
-            written += 1
-    return {"written": written, "shards": len(writer.paths), **{f"skipped_{k}": v for k, v in skipped.items()}}
 
 
 def build_summary(
