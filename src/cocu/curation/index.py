@@ -67,13 +67,7 @@ IMAGE_INDEX, CAPTION_INDEX, INFO_FILE = "image.index", "caption.index", "index_i
 TRAIN_PER_LIST = 40
 """Default k-means training rows per inverted list (faiss asks for at least 39)."""
 MAX_TRAIN = 262_144
-"""At most this many training rows (their float32 copy is the build's largest temporary) ..."""
-MIN_TRAIN_PER_LIST = 8
-MAX_TRAIN_AT_SCALE = 524_288
-"""... unless that leaves fewer than :data:`MIN_TRAIN_PER_LIST` rows per list: then up to this many (1 GiB)."""
-SCALE_FROM = 1 << 20
-LIST_SIZE_AT_SCALE = 150
-MAX_NLIST = 262_144
+"""At most this many training rows (their float32 copy is the build's largest temporary)."""
 HNSW_COARSE_NLIST = 8192
 """From this many lists on, the coarse quantiser is ``HNSW32`` instead of a flat scan of the centroids."""
 ADD_CHUNK = 65_536
@@ -222,18 +216,12 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int, query_ids: np.ndar
 
 
 def default_nlist(n: int) -> int:
-    """The number of inverted lists: about 4 * sqrt(n) as a power of two up to :data:`SCALE_FROM` vectors (4096
-    for 1M), and above it about one list per :data:`LIST_SIZE_AT_SCALE` vectors (65,536 at 10M, 262,144 from
-    ~30M), as autofaiss sizes large indexes.
+    """About 4 * sqrt(n) lists, as a power of two between 16 and 16384 (4096 for 1M vectors).
 
     Fewer lists than the data has natural clusters made IVF merge clusters and scatter their members
     over many lists: at 1M noisy clustered vectors (3000 clusters) 2048 lists needed nprobe 16 for
-    recall@8 0.95, 4096 lists reached 0.995 at nprobe 2; at 10M vectors in 33,000 clusters 16,384 lists
-    (4 * sqrt(n)) left recall@8 at 0.34 even at nprobe 128 (``benchmarks/scale.py --n 10000000``), since a
-    cluster without a list of its own is spread over unrelated lists. Lists that grow with n also keep the
-    per-anchor cost of a search (and of the IVF self-join) from growing with n."""
-    target = 4 * math.sqrt(max(n, 1)) if n <= SCALE_FROM else max(4 * math.sqrt(n), n / LIST_SIZE_AT_SCALE)
-    return int(min(MAX_NLIST, max(16, 2 ** round(math.log2(target)))))
+    recall@8 0.95, 4096 lists reached 0.995 at nprobe 2."""
+    return int(min(16384, max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))))
 
 
 def factory_string(kind: str, dim: int, nlist: int, pq_m: int | None = None, hnsw_m: int = 32) -> str:
@@ -260,15 +248,6 @@ def default_pq_m(dim: int) -> int:
     return m
 
 
-def default_train_size(n: int, lists: int, train_size: int | None = None) -> int:
-    """Training rows: :data:`TRAIN_PER_LIST` per list, at most :data:`MAX_TRAIN`, but at least
-    :data:`MIN_TRAIN_PER_LIST` per list up to :data:`MAX_TRAIN_AT_SCALE` (``train_size`` overrides)."""
-    if train_size:
-        return min(n, train_size)
-    wanted = min(TRAIN_PER_LIST * lists, max(MAX_TRAIN, min(MAX_TRAIN_AT_SCALE, MIN_TRAIN_PER_LIST * lists)))
-    return min(n, wanted)
-
-
 def _lists(n: int, nlist: int | None) -> int:
     return min(nlist or default_nlist(n), max(1, n // 40))  # k-means wants >= 39 points per list
 
@@ -284,7 +263,7 @@ def estimate_memory(kind: str, n: int, dim: int, nlist: int | None = None, pq_m:
     lists = _lists(n, nlist)
     code = {"ivf": dim * 4, "ivfsq": dim, "ivfpq": ((pq_m or default_pq_m(dim)) + 1) // 2}[kind]
     coarse = lists * dim * 4 + (lists * 64 * 4 if lists >= HNSW_COARSE_NLIST else 0)
-    train = default_train_size(n, lists, train_size) * dim * 4
+    train = min(n, train_size or min(MAX_TRAIN, TRAIN_PER_LIST * lists)) * dim * 4
     return n * (code + 8) + coarse + train + ADD_CHUNK * dim * 8
 
 
@@ -415,7 +394,7 @@ def make_index(
         params: dict[str, Any] = {"factory": factory}
         if chosen in ("ivf", "ivfsq", "ivfpq"):
             params["nlist"] = lists
-            sample = default_train_size(n, lists, train_size)
+            sample = min(n, train_size or min(MAX_TRAIN, TRAIN_PER_LIST * lists))
             train_rows = np.sort(rng.choice(n, size=sample, replace=False)) if sample < n else np.arange(n)
             ivf = faiss.extract_index_ivf(index)
             ivf.cp.niter = 10
