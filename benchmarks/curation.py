@@ -56,6 +56,21 @@ TOPIC = 6
 MAX_CAPTION = 5
 
 
+def topic_concepts(rng: np.random.Generator, centre: np.ndarray, vocab: int):
+    """Concepts of a clustered world: a Zipf-like ``popularity`` [vocab], ``TOPIC`` concepts per centre
+    (``topics`` [centres, TOPIC]) and unit concept embeddings [vocab, d] near the centres they describe."""
+    popularity = 1.0 / np.arange(1, vocab + 1) ** 0.8
+    popularity /= popularity.sum()
+    topics = np.stack([rng.choice(vocab, size=TOPIC, replace=False, p=popularity) for _ in range(len(centre))])
+    concept_emb = np.zeros((vocab, centre.shape[1]), dtype=np.float32)
+    np.add.at(concept_emb, topics.reshape(-1), np.repeat(centre, TOPIC, axis=0))
+    weight = np.maximum(np.linalg.norm(concept_emb, axis=1, keepdims=True), 1.0)
+    noise = rng.standard_normal((vocab, centre.shape[1]), dtype=np.float32)
+    concept_emb += 2.0 * weight * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    concept_emb /= np.linalg.norm(concept_emb, axis=1, keepdims=True)
+    return popularity, topics, concept_emb
+
+
 def make_world(n: int, dim: int, centres: int, vocab: int, rank: int, seed: int, block: int = 100_000):
     """``(images [n, dim], captions CSR, concept_emb [vocab, dim])`` as described in the module docstring."""
     rng = np.random.default_rng(seed)
@@ -73,15 +88,7 @@ def make_world(n: int, dim: int, centres: int, vocab: int, rank: int, seed: int,
         x += (0.3 * np.sqrt(12.0 / dim)) * (noise - 0.5)
         images[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    popularity = 1.0 / np.arange(1, vocab + 1) ** 0.8
-    popularity /= popularity.sum()
-    topics = np.stack([rng.choice(vocab, size=TOPIC, replace=False, p=popularity) for _ in range(centres)])
-    concept_emb = np.zeros((vocab, dim), dtype=np.float32)
-    np.add.at(concept_emb, topics.reshape(-1), np.repeat(centre, TOPIC, axis=0))
-    weight = np.maximum(np.linalg.norm(concept_emb, axis=1, keepdims=True), 1.0)
-    noise = rng.standard_normal((vocab, dim), dtype=np.float32)
-    concept_emb += 2.0 * weight * noise / np.linalg.norm(noise, axis=1, keepdims=True)
-    concept_emb /= np.linalg.norm(concept_emb, axis=1, keepdims=True)
+    popularity, topics, concept_emb = topic_concepts(rng, centre, vocab)
 
     count = np.minimum(1 + rng.poisson(1.5, n), MAX_CAPTION)  # [n]
     from_topic = topics[owner[:, None], rng.integers(0, TOPIC, (n, MAX_CAPTION))]

@@ -44,8 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocu.curation.vocab import Vocabulary
+from curation import TOPIC, topic_concepts  # benchmarks/curation.py: the same clustered world
 
-DIM, TOPIC, MAX_CAPTION = 512, 6, 5
+DIM, MAX_CAPTION = 512, 5
 GOAL_ANON_MIB, GOAL_RATE, GOAL_RECALL = 4096, 5000, 0.95
 SYLLABLES = [c + v for c in "bdfgklmnprtvz" for v in "aeiou"]
 
@@ -65,15 +66,7 @@ def write_world(run: Path, n: int, rows_per_part: int, cluster_size: int, vocab:
     centre /= np.linalg.norm(centre, axis=1, keepdims=True)
     rank = 16
     basis = np.linalg.qr(rng.standard_normal((DIM, rank)))[0].T.astype(np.float32)  # [rank, DIM]
-    popularity = 1.0 / np.arange(1, vocab + 1) ** 0.8
-    popularity /= popularity.sum()
-    topics = np.stack([rng.choice(vocab, size=TOPIC, replace=False, p=popularity) for _ in range(centres)])
-    concept_emb = np.zeros((vocab, DIM), dtype=np.float32)
-    np.add.at(concept_emb, topics.reshape(-1), np.repeat(centre, TOPIC, axis=0))
-    weight = np.maximum(np.linalg.norm(concept_emb, axis=1, keepdims=True), 1.0)
-    noise = rng.standard_normal((vocab, DIM), dtype=np.float32)
-    concept_emb += 2.0 * weight * noise / np.linalg.norm(noise, axis=1, keepdims=True)
-    concept_emb /= np.linalg.norm(concept_emb, axis=1, keepdims=True)
+    popularity, topics, concept_emb = topic_concepts(rng, centre, vocab)
     names = concept_names(vocab, rng)
     (run / "vocab").mkdir(parents=True)
     (run / "vocab" / "concepts.txt").write_text("\n".join(names) + "\n", "utf-8")

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from cocu.cli import main
@@ -20,6 +18,7 @@ from cocu.curation import pipeline
 from cocu.curation.archive import ArchiveLookup
 from cocu.data.writer import ShardWriter
 from cocu.utils.lock import folder_lock
+from raw_tar import write_raw_tar
 
 ENCODER = "random:clip-tiny"
 WORDS = ["dog", "cat", "grass", "sky", "tree"]
@@ -40,16 +39,6 @@ def _shards(folder: Path, seed: int, n: int = 12) -> Path:
             caption = f"a photo of a {word:<5} number {i:03d}"
             writer.write(f"s{i:03d}", {"jpg": _image(rng), "txt": caption.encode()})
     return folder
-
-
-def _raw_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    """A tar written by another tool, with member names cocu's writer would refuse."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _vocab(root: Path) -> Path:
@@ -123,8 +112,8 @@ def test_write_shards_keeps_the_original_member_names(tmp_path):
 def test_write_shards_refuses_an_unsafe_key_before_any_embedding(tmp_path, capsys):
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
-    _raw_tar(data / "toy-00000.tar", [(f"{key}.{ext}", _image(rng) if ext == "jpg" else b"a dog")
-                                      for key in ("s000", "../../x/s001", "s002") for ext in ("jpg", "txt")])
+    write_raw_tar(data / "toy-00000.tar", [(key, {"jpg": _image(rng), "txt": b"a dog"})
+                                           for key in ("s000", "../../x/s001", "s002")])
     out = tmp_path / "run"
     assert _curate(data, out, _vocab(tmp_path), "--write-shards") == 2
     assert "'../../x/s001'" in capsys.readouterr().err

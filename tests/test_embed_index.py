@@ -2,7 +2,6 @@
 
 import io
 import json
-import tarfile
 
 import faiss
 import numpy as np
@@ -24,6 +23,7 @@ from cocu.curation.index import (
     searcher_for,
 )
 from cocu.curation.store import VectorParts
+from raw_tar import write_raw_tar
 
 ENCODER = "random:clip-tiny"
 
@@ -32,16 +32,6 @@ def _jpeg(colour, size=(40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def _write_tar(path, samples):
-    """samples: (key, {ext: bytes}) in the given order (no sorting, so duplicates can be crafted)."""
-    with tarfile.open(path, "w") as archive:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
 
 
 def _good(key, i, concepts=None):
@@ -61,7 +51,7 @@ def shards(tmp_path):
     """Two shards: 7 good samples and 4 bad ones (corrupt image, empty caption, duplicate key, no caption)."""
     data = tmp_path / "data"
     data.mkdir()
-    _write_tar(
+    write_raw_tar(
         data / "s-00000.tar",
         [
             _good("a0", 0, ["sky", "tree"]),
@@ -72,7 +62,7 @@ def shards(tmp_path):
             _good("a5", 5, []),
         ],
     )
-    _write_tar(
+    write_raw_tar(
         data / "s-00001.tar",
         [
             _good("b0", 10),

@@ -2,7 +2,6 @@
 
 import errno
 import io
-import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +14,7 @@ from cocu.curation import embed as embed_mod
 from cocu.curation import embed_loader
 from cocu.curation.embed import embed_dataset, load_embeddings, read_rejected
 from cocu.curation.encoder import load_encoder, resolve_device, resolve_precision
+from raw_tar import write_raw_tar
 
 ENCODER = "random:clip-tiny"
 
@@ -26,15 +26,6 @@ def _jpeg(seed: int, size=(48, 40)) -> bytes:
     return buf.getvalue()
 
 
-def _write_tar(path, samples):
-    with tarfile.open(path, "w") as archive:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-
-
 def _shards(folder, captions="photo {i}", seed=0, good=14):
     """Two shards: ``good`` good samples plus a corrupt image, a missing caption and a duplicate key."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,8 +34,8 @@ def _shards(folder, captions="photo {i}", seed=0, good=14):
     samples.insert(8, ("no-cap", {"jpg": _jpeg(99)}))
     samples.append(("k001", {"jpg": _jpeg(5), "txt": b"again"}))
     half = len(samples) // 2
-    _write_tar(folder / "s-00000.tar", samples[:half])
-    _write_tar(folder / "s-00001.tar", samples[half:])
+    write_raw_tar(folder / "s-00000.tar", samples[:half])
+    write_raw_tar(folder / "s-00001.tar", samples[half:])
     return folder
 
 

@@ -36,7 +36,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ from cocu.data import skips as reasons
 from cocu.data.reader import resolve_sources
 from cocu.data.skips import SkipCounter
 from cocu.utils.atomic import atomic_path, atomic_write_json
-from cocu.utils.outputs import OutputError, output_error
+from cocu.utils.outputs import OutputError, writing
 
 if TYPE_CHECKING:
     from cocu.curation.encoder import FrozenClip
@@ -91,15 +91,9 @@ class EmbedOutputError(OutputError):
     """The embedding folder cannot be written (disk full, read-only, permissions); nothing partial is left."""
 
 
-@contextlib.contextmanager
-def _writing(path: Path, out: Path) -> Iterator[None]:
+def _writing(path: Path, out: Path) -> contextlib.AbstractContextManager[None]:
     """:func:`cocu.utils.outputs.writing` raising :class:`EmbedOutputError`."""
-    try:
-        yield
-    except OutputError:
-        raise
-    except OSError as err:
-        raise EmbedOutputError(*output_error(err, path, out).args) from err
+    return writing(path, out, EmbedOutputError)
 
 
 class RecordingSkips(SkipCounter):

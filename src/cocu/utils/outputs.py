@@ -41,11 +41,11 @@ def output_error(err: OSError, path: Path | str, out: Path) -> OutputError:
 
 
 @contextlib.contextmanager
-def writing(path: Path, out: Path) -> Iterator[None]:
-    """Turn an OSError while writing ``path`` into one :class:`OutputError` line (what, where, what to do)."""
+def writing(path: Path, out: Path, error: type[OutputError] = OutputError) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into one ``error`` line (what, where, what to do)."""
     try:
         yield
     except OutputError:
         raise
     except OSError as err:
-        raise output_error(err, path, out) from err
+        raise error(*output_error(err, path, out).args) from err
