@@ -4,9 +4,13 @@ For each ``--n`` the script writes, part by part (``--rows-per-part`` rows), a r
 layout: ``emb/img_emb/img_emb_{i:05d}.npy`` (float16, unit rows), ``emb/metadata/metadata_{i:05d}.parquet``
 (``image_path``, ``caption``; no caption embeddings: vision-driven curation does not need them) and a
 vocabulary folder ``vocab/`` (``concepts.txt``, ``concept_emb.npy``, ``vocab.txt``). The world follows
-``benchmarks/curation.py``: images spread over ``n / --cluster-size`` random unit centres plus variation in a
+``benchmarks/curation.py``: images spread over ``n / --cluster-size`` unit centres plus variation in a
 shared low-rank subspace plus noise; each centre has a topic of 6 concepts; a caption names 1-5 concepts,
-each from its centre's topic with probability 0.85, and ends in a number (so captions are distinct).
+each from its centre's topic with probability 0.85, and ends in a number (so captions are distinct). The
+centres come in families (``--family-size``, default 64 a family; cosine about 0.6 between siblings, 0
+between families), as CLIP's image embeddings are organised by semantic category; ``--family-size 0`` draws
+independent centres (near-orthogonal, nothing above the clusters), a stress case in which an HNSW coarse
+quantiser cannot find the nearest centroid (see :mod:`cocu.curation.index`).
 
 Then it runs ``cocu index RUN/emb --out RUN/index --no-caption --max-memory M`` (``--max-memory``, default
 4.29 GB = the 4 GiB goal) and ``cocu archive RUN`` as subprocesses, sampling each one's RssAnon from
@@ -59,11 +63,26 @@ def concept_names(count: int, rng: np.random.Generator) -> list[str]:
     return list(names)
 
 
-def write_world(run: Path, n: int, rows_per_part: int, cluster_size: int, vocab: int, seed: int) -> dict:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_centres(rng: np.random.Generator, centres: int, family_size: int, spread: float) -> np.ndarray:
+    """Unit centres [centres, DIM]: with ``family_size`` > 0, each is its family's random unit direction plus
+    ``spread`` times a random unit direction, normalised (about ``family_size`` centres a family); with 0,
+    independent random unit vectors (near-orthogonal, no structure above the clusters)."""
+    if family_size <= 0:
+        return unit_rows(rng.standard_normal((centres, DIM), dtype=np.float32))
+    families = unit_rows(rng.standard_normal((max(1, centres // family_size), DIM), dtype=np.float32))
+    offsets = unit_rows(rng.standard_normal((centres, DIM), dtype=np.float32))
+    return unit_rows(families[rng.integers(0, len(families), centres)] + spread * offsets)
+
+
+def write_world(run: Path, n: int, rows_per_part: int, cluster_size: int, vocab: int, seed: int,
+                family_size: int = 64, spread: float = 0.8) -> dict:
     rng = np.random.default_rng(seed)
     centres = max(16, n // cluster_size)
-    centre = rng.standard_normal((centres, DIM), dtype=np.float32)
-    centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    centre = make_centres(rng, centres, family_size, spread)
     rank = 16
     basis = np.linalg.qr(rng.standard_normal((DIM, rank)))[0].T.astype(np.float32)  # [rank, DIM]
     popularity, topics, concept_emb = topic_concepts(rng, centre, vocab)
@@ -95,7 +114,7 @@ def write_world(run: Path, n: int, rows_per_part: int, cluster_size: int, vocab:
         keys = [f"{start + i:09d}" for i in range(m)]
         pq.write_table(pa.table({"image_path": keys, "caption": captions}),
                        run / "emb" / "metadata" / f"metadata_{part:05d}.parquet")
-    return {"centres": centres, "parts": -(-n // rows_per_part), "vocab": vocab}
+    return {"centres": centres, "family_size": family_size, "parts": -(-n // rows_per_part), "vocab": vocab}
 
 
 def run_sampled(cmd: list[str], log: Path) -> tuple[float, float, int, datetime]:
@@ -160,13 +179,16 @@ def one_size(args, n: int, root: Path) -> dict:
     if run.exists():
         shutil.rmtree(run)
     start = time.perf_counter()
-    world = write_world(run, n, args.rows_per_part, args.cluster_size, args.vocab, args.seed)
+    world = write_world(run, n, args.rows_per_part, args.cluster_size, args.vocab, args.seed,
+                        args.family_size, args.family_spread)
     write_s = time.perf_counter() - start
     print(f"[{n}] wrote {n} x {DIM} float16 embeddings in {world['parts']} parts + captions in {write_s:.0f} s",
           flush=True)
     python = [sys.executable, "-m", "cocu"]
     index_cmd = python + ["index", str(run / "emb"), "--out", str(run / "index"), "--no-caption",
-                          "--max-memory", str(args.max_memory)]
+                          "--max-memory", str(args.max_memory)] + sum(([flag, str(value)] for flag, value in
+                                                         (("--nlist", args.nlist), ("--train-size", args.train_size))
+                                                         if value), [])
     index_s, index_mib, code, index_start = run_sampled(index_cmd, run / "index.log")
     if code:
         raise SystemExit(f"cocu index failed ({code}):\n{(run / 'index.log').read_text()[-3000:]}")
@@ -206,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, nargs="+", default=[1_000_000], help="embedding rows, one run each")
     p.add_argument("--rows-per-part", type=int, default=100_000, help="rows per embedding part (default 100000)")
     p.add_argument("--cluster-size", type=int, default=300, help="images per centre (default 300)")
+    p.add_argument("--family-size", type=int, default=64,
+                   help="centres per family (default 64; 0 = independent near-orthogonal centres)")
+    p.add_argument("--family-spread", type=float, default=0.8,
+                   help="a centre is its family's direction plus this times a random one (default 0.8: cosine "
+                        "about 0.78 to the family, 0.6 between siblings)")
+    p.add_argument("--nlist", type=int, help="cocu index --nlist (default: cocu's own choice)")
+    p.add_argument("--train-size", type=int, help="cocu index --train-size (default: cocu's own choice)")
     p.add_argument("--vocab", type=int, default=1000, help="concepts (default 1000)")
     p.add_argument("--max-memory", type=float, default=GOAL_ANON_MIB * 2**20 / 1e9,
                    help="cocu index --max-memory in GB (default 4.29 = the 4 GiB goal)")

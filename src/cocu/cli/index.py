@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-check", type=int, default=1000, help="query rows of the recall check (default 1000)")
     p.add_argument("--target-recall", type=float, default=0.95,
                    help="search parameters are tuned to reach this recall@k (default 0.95)")
-    p.add_argument("--nlist", type=int, help="inverted lists (default about 4*sqrt(n))")
+    p.add_argument("--nlist", type=int,
+                   help="inverted lists (default about 4*sqrt(n) up to 2^20 rows, then about one per 150 rows)")
+    p.add_argument("--train-size", type=int,
+                   help="k-means training rows (default 40 per list, at most 262144, but at least 8 per list)")
     p.add_argument("--nprobe", type=int, help="fix nprobe instead of tuning it")
     p.add_argument("--k-factor", type=int, help="fix the re-ranking factor instead of tuning it")
     p.add_argument("--ef-search", type=int, help="fix HNSW efSearch instead of tuning it")
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             n_check=args.n_check,
             target_recall=args.target_recall,
             nlist=args.nlist,
+            train_size=args.train_size,
             nprobe=args.nprobe,
             k_factor=args.k_factor,
             ef_search=args.ef_search,

@@ -24,7 +24,12 @@ and ``--max-memory`` bounds it: :func:`estimate_memory` is checked before buildi
 first of exact / ``ivfsq`` / ``ivfpq`` that fits and an explicit kind that does not fit is refused with
 the figure it needs. Above :data:`HNSW_COARSE_NLIST` lists the coarse quantiser is an HNSW graph (as
 autofaiss uses for large indexes), so assigning a vector to its list does not cost a scan of every
-centroid, and k-means training assigns through an HNSW graph too. Vectors are added in chunks.
+centroid, and k-means training assigns through an HNSW graph too (both searched with
+:data:`COARSE_EF_SEARCH`). A graph finds the nearest centroid only where the centroids have structure to
+navigate (near centroids near each other, as CLIP embeddings have: semantic families); over structureless
+centroids (independent random directions in 512-d, ``benchmarks/scale.py --family-size 0``) its top-1 agreed
+with a flat search for 17 % of vectors at 65,536 lists, and no compact index avoids the flat scan's
+n * nlist * d cost there. Vectors are added in chunks.
 
 An approximate index is trained on a random sample, then its search parameters are tuned on
 ``n_check`` database vectors used as queries (as curation's anchors are): the cheapest setting whose
@@ -67,9 +72,23 @@ IMAGE_INDEX, CAPTION_INDEX, INFO_FILE = "image.index", "caption.index", "index_i
 TRAIN_PER_LIST = 40
 """Default k-means training rows per inverted list (faiss asks for at least 39)."""
 MAX_TRAIN = 262_144
-"""At most this many training rows (their float32 copy is the build's largest temporary)."""
+"""At most this many training rows (their float32 copy is the build's largest temporary) ..."""
+MIN_TRAIN_PER_LIST = 8
+MAX_TRAIN_AT_SCALE = 524_288
+"""... unless that leaves fewer than :data:`MIN_TRAIN_PER_LIST` rows per list: then up to this many (1 GiB)."""
+SCALE_FROM = 1 << 20
+LIST_SIZE_AT_SCALE = 150
+MAX_NLIST = 262_144
 HNSW_COARSE_NLIST = 8192
 """From this many lists on, the coarse quantiser is ``HNSW32`` instead of a flat scan of the centroids."""
+COARSE_EF_SEARCH = 64
+"""efSearch of the HNSW coarse quantiser, in k-means training and when vectors are added and searched. A vector
+sent to a list other than its nearest centroid's is lost to its neighbours' searches and self-joins: with
+16,384 centroids of clustered 512-d vectors the graph's top-1 was the flat search's for 98.4 % of vectors at
+faiss' default 16 and 99.996 % at 64 (``benchmarks/scale.py`` world, 50,000 queries)."""
+ENCODER_TRAIN = 65_536
+"""With an HNSW coarse quantiser the codes (SQ8, PQ) are trained on at most this many of the k-means rows: the
+k-means sample is the build's largest temporary, and faiss' encoder training copies it as residuals."""
 ADD_CHUNK = 65_536
 SPOT_CHECK_ROWS = 64
 NPROBE_GRID: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -216,12 +235,19 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int, query_ids: np.ndar
 
 
 def default_nlist(n: int) -> int:
-    """About 4 * sqrt(n) lists, as a power of two between 16 and 16384 (4096 for 1M vectors).
+    """The number of inverted lists: about 4 * sqrt(n) as a power of two up to :data:`SCALE_FROM` vectors (4096
+    for 1M), and above it about one list per :data:`LIST_SIZE_AT_SCALE` vectors (65,536 at 10M, 262,144 from
+    ~30M), as autofaiss sizes large indexes.
 
     Fewer lists than the data has natural clusters made IVF merge clusters and scatter their members
     over many lists: at 1M noisy clustered vectors (3000 clusters) 2048 lists needed nprobe 16 for
-    recall@8 0.95, 4096 lists reached 0.995 at nprobe 2."""
-    return int(min(16384, max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))))
+    recall@8 0.95, 4096 lists reached 0.995 at nprobe 2. With clusters of a few hundred vectors their number
+    grows with n, and a cluster without a list of its own is spread over lists it shares with others: at 10M
+    vectors in 33,000 clusters 16,384 lists (4 * sqrt(n)) left recall@8 at 0.34 even at nprobe 128
+    (``benchmarks/scale.py --n 10000000``). Lists that grow with n also keep the per-anchor cost of a search
+    (and of the IVF self-join) from growing with n."""
+    target = 4 * math.sqrt(max(n, 1)) if n <= SCALE_FROM else max(4 * math.sqrt(n), n / LIST_SIZE_AT_SCALE)
+    return int(min(MAX_NLIST, max(16, 2 ** round(math.log2(target)))))
 
 
 def factory_string(kind: str, dim: int, nlist: int, pq_m: int | None = None, hnsw_m: int = 32) -> str:
@@ -248,6 +274,15 @@ def default_pq_m(dim: int) -> int:
     return m
 
 
+def default_train_size(n: int, lists: int, train_size: int | None = None) -> int:
+    """Training rows: :data:`TRAIN_PER_LIST` per list, at most :data:`MAX_TRAIN`, but at least
+    :data:`MIN_TRAIN_PER_LIST` per list up to :data:`MAX_TRAIN_AT_SCALE` (``train_size`` overrides)."""
+    if train_size:
+        return min(n, train_size)
+    wanted = min(TRAIN_PER_LIST * lists, max(MAX_TRAIN, min(MAX_TRAIN_AT_SCALE, MIN_TRAIN_PER_LIST * lists)))
+    return min(n, wanted)
+
+
 def _lists(n: int, nlist: int | None) -> int:
     return min(nlist or default_nlist(n), max(1, n // 40))  # k-means wants >= 39 points per list
 
@@ -263,7 +298,7 @@ def estimate_memory(kind: str, n: int, dim: int, nlist: int | None = None, pq_m:
     lists = _lists(n, nlist)
     code = {"ivf": dim * 4, "ivfsq": dim, "ivfpq": ((pq_m or default_pq_m(dim)) + 1) // 2}[kind]
     coarse = lists * dim * 4 + (lists * 64 * 4 if lists >= HNSW_COARSE_NLIST else 0)
-    train = min(n, train_size or min(MAX_TRAIN, TRAIN_PER_LIST * lists)) * dim * 4
+    train = default_train_size(n, lists, train_size) * dim * 4
     return n * (code + 8) + coarse + train + ADD_CHUNK * dim * 8
 
 
@@ -348,6 +383,20 @@ def _tune(
     return best
 
 
+def _train_hnsw_coarse(ivf: faiss.IndexIVF, sample: np.ndarray) -> None:
+    """k-means (the IVF's own clustering parameters: spherical for inner product) of ``sample`` [m, d] into
+    ``ivf.nlist`` centroids, assigning through an HNSW graph searched with :data:`COARSE_EF_SEARCH`, and the
+    centroids added to the IVF's HNSW quantiser (then ``ivf.train`` trains only the encoder)."""
+    dim, nlist = ivf.d, int(ivf.nlist)
+    clustering = faiss.Clustering(dim, nlist, ivf.cp)
+    assigner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    assigner.hnsw.efSearch = COARSE_EF_SEARCH
+    clustering.train(sample, assigner)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    quantizer.hnsw.efSearch = COARSE_EF_SEARCH
+    quantizer.add(faiss.vector_to_array(clustering.centroids).reshape(nlist, dim))
+
+
 def make_index(
     vectors: np.ndarray | VectorParts,
     *,
@@ -394,13 +443,14 @@ def make_index(
         params: dict[str, Any] = {"factory": factory}
         if chosen in ("ivf", "ivfsq", "ivfpq"):
             params["nlist"] = lists
-            sample = min(n, train_size or min(MAX_TRAIN, TRAIN_PER_LIST * lists))
+            sample = default_train_size(n, lists, train_size)
             train_rows = np.sort(rng.choice(n, size=sample, replace=False)) if sample < n else np.arange(n)
             ivf = faiss.extract_index_ivf(index)
             ivf.cp.niter = 10
-            if lists >= HNSW_COARSE_NLIST:
-                ivf.clustering_index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             logger.info("training %s on %d vectors", factory, sample)
+            if lists >= HNSW_COARSE_NLIST:
+                _train_hnsw_coarse(ivf, parts.rows(train_rows))
+                train_rows = np.sort(rng.choice(train_rows, size=min(sample, ENCODER_TRAIN), replace=False))
             index.train(parts.rows(train_rows))
             params["train_size"] = int(sample)
         if chosen == "hnsw":
