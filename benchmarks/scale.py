@@ -23,6 +23,7 @@ recall@8 >= 0.95, archive >= 5,000 anchors/s.
 
     nice .venv/bin/python benchmarks/scale.py --n 1000000
     nice .venv/bin/python benchmarks/scale.py --n 1000000 10000000 --keep /big/disk/scale
+    nice .venv/bin/python benchmarks/scale.py --archive-only /big/disk/scale/n10000000   # the archive stage again
 
 The last line printed is one JSON object (``anchors_per_s_1m``, ``anchors_per_s_10m``, ``index_s_10m``,
 ``peak_anon_mib_index``, ``peak_anon_mib_archive``, ``recall_at_k``, and ``runs`` per N).
@@ -195,6 +196,21 @@ def one_size(args, n: int, root: Path) -> dict:
     info = json.loads((run / "index" / "index_info.json").read_text())["image"]
     print(f"[{n}] cocu index: {index_s:.0f} s, peak anon {index_mib:.0f} MiB; {info['kind']} {info['params']} "
           f"recall@{info['k_check']} {info['recall_at_k']}", flush=True)
+    result = {
+        "n": n, "write_s": round(write_s, 1),
+        "index_s": round(index_s, 1), "peak_anon_mib_index": round(index_mib, 1), "index": info,
+        "index_time": where_time_goes(run / "index.log", "index", index_start, index_s),
+        **archive_stage(run, n, info),
+    }
+    print(f"[{n}] where the time goes: index {result['index_time']}; archive {result['archive_time']}", flush=True)
+    if not args.keep:
+        shutil.rmtree(run)
+    return result
+
+
+def archive_stage(run: Path, n: int, info: dict) -> dict:
+    """Run ``cocu archive RUN`` on a run folder with ``emb/``, ``vocab/``, ``index/`` and report its figures."""
+    python = [sys.executable, "-m", "cocu"]
     archive_s, archive_mib, code, archive_start = run_sampled(python + ["archive", str(run)], run / "archive.log")
     if code:
         raise SystemExit(f"cocu archive failed ({code}):\n{(run / 'archive.log').read_text()[-3000:]}")
@@ -205,22 +221,39 @@ def one_size(args, n: int, root: Path) -> dict:
         recall = 1.0
     archived = sum(pq.ParquetFile(p).metadata.num_rows for p in (run / "curation").glob("archive-*.parquet"))
     rate = archived / archive_s
-    result = {
-        "n": n, "write_s": round(write_s, 1),
-        "index_s": round(index_s, 1), "peak_anon_mib_index": round(index_mib, 1), "index": info,
-        "archive_s": round(archive_s, 1), "peak_anon_mib_archive": round(archive_mib, 1),
-        "anchors_per_s": round(rate, 1), "recall_at_k": recall, "rows_archived": archived,
-        "all_rows_archived": archived == n, "neighbor_search": searched,
-        "index_time": where_time_goes(run / "index.log", "index", index_start, index_s),
-        "archive_time": where_time_goes(run / "archive.log", "archive", archive_start, archive_s),
-    }
     print(f"[{n}] cocu archive: {archive_s:.0f} s ({rate:.0f} anchors/s), peak anon {archive_mib:.0f} MiB, "
           f"{archived} of {n} rows archived, recall@8 of the neighbours used {recall} ({searched.get('method')})",
           flush=True)
-    print(f"[{n}] where the time goes: index {result['index_time']}; archive {result['archive_time']}", flush=True)
-    if not args.keep:
-        shutil.rmtree(run)
-    return result
+    return {
+        "archive_s": round(archive_s, 1), "peak_anon_mib_archive": round(archive_mib, 1),
+        "anchors_per_s": round(rate, 1), "recall_at_k": recall, "rows_archived": archived,
+        "all_rows_archived": archived == n, "neighbor_search": searched,
+        "archive_time": where_time_goes(run / "archive.log", "archive", archive_start, archive_s),
+    }
+
+
+ARCHIVE_INPUTS = ("emb", "vocab", "index", "index.log")
+
+
+def archive_only(runs: list[str]) -> int:
+    """``--archive-only``: the archive stage again, from scratch (every other file of the run folder, its
+    cache included, removed first), on run folders an earlier ``--keep`` run wrote; one JSON line."""
+    results = {}
+    for folder in map(Path, runs):
+        if not (folder / "index" / "index_info.json").is_file() or not (folder / "vocab").is_dir():
+            raise SystemExit(f"{folder}: not a run folder of `scale.py --keep` (no index/index_info.json or vocab/)")
+        for entry in folder.iterdir():
+            if entry.name in ARCHIVE_INPUTS:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        info = json.loads((folder / "index" / "index_info.json").read_text())["image"]
+        results[str(info["n"])] = {"n": info["n"], "index": info, **archive_stage(folder, info["n"], info)}
+        print(f"[{info['n']}] where the time goes: archive {results[str(info['n'])]['archive_time']}", flush=True)
+    print(json.dumps({"archive_only": True, "cpus": len(os.sched_getaffinity(0)), "runs": results}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="cocu index --max-memory in GB (default 4.29 = the 4 GiB goal)")
     p.add_argument("--keep", help="write the run folders here and keep them (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--archive-only", nargs="+", metavar="RUN",
+                   help="only measure `cocu archive` again, from scratch, on run folders a --keep run wrote "
+                        "(e.g. KEEP/n10000000); everything in them but emb/, vocab/, index/ is removed first")
     args = p.parse_args(argv)
+    if args.archive_only:
+        return archive_only(args.archive_only)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cocu-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     try:

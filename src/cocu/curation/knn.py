@@ -153,12 +153,13 @@ def _join_lists(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each list in ``which``: ``(member rows [m], scores [m, k'], ids [m, k'])``, ``k' = min(k, c)``."""
     offsets, members = _ivf_lists(ivf)
-    probed = _probed_lists(ivf, lists_probed)  # [nlist, P]
-    which = [int(i) for i in which if offsets[i + 1] > offsets[i]]
+    which = np.asarray([i for i in which if offsets[i + 1] > offsets[i]], dtype=np.int64)
+    probed = _probed_lists(ivf, lists_probed, which)  # [len(which), P]
 
-    def one(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def one(at: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i = which[at]
         rows = members[offsets[i] : offsets[i + 1]]  # [m]
-        candidates = np.concatenate([members[offsets[j] : offsets[j + 1]] for j in probed[i]])  # [c]
+        candidates = np.concatenate([members[offsets[j] : offsets[j + 1]] for j in probed[at]])  # [c]
         own = torch.from_numpy(vectors.rows(rows))  # [m, d]
         scores = (own @ torch.from_numpy(vectors.rows(candidates)).T).numpy()  # [m, c]
         found, position = _top(scores, k)  # [m, min(k, c)] each
@@ -173,7 +174,7 @@ def _join_lists(
         with ThreadPoolExecutor(max_workers=max(1, faiss.omp_get_max_threads())) as pool:
             bar = tqdm(total=len(which), desc="self-join", unit="list", disable=not progress, mininterval=2.0)
             for start in range(0, len(which), JOIN_BATCH):  # bounded: results wait for the caller
-                for result in pool.map(one, which[start : start + JOIN_BATCH]):
+                for result in pool.map(one, range(start, min(start + JOIN_BATCH, len(which)))):
                     yield result
                     bar.update()
             bar.close()
@@ -181,17 +182,19 @@ def _join_lists(
         torch.set_num_threads(before)
 
 
-def _probed_lists(ivf: faiss.IndexIVF, lists_probed: int, block: int = 1024) -> np.ndarray:
-    """int64 [nlist, P]: per list, the ``P`` lists with the nearest centroids, itself first (centroid Gram
-    matrix by blocks of rows, so 16k lists do not need a 1 GiB matrix)."""
+def _probed_lists(ivf: faiss.IndexIVF, lists_probed: int, which: np.ndarray, block: int = 1024) -> np.ndarray:
+    """int64 [len(which), P]: per list of ``which``, the ``P`` lists with the nearest centroids, itself first
+    (centroid Gram rows by blocks, so 65k lists do not need a 16 GiB matrix, and only the lists asked for:
+    the self-join's recall check asks for a few hundred)."""
     nlist = ivf.nlist
     centroids = ivf.quantizer.reconstruct_n(0, nlist)  # [nlist, d]
     probes = max(1, min(lists_probed, nlist))
-    out = np.empty((nlist, probes), dtype=np.int64)
-    for start in range(0, nlist, block):
-        gram = centroids[start : start + block] @ centroids.T  # [b, nlist]
-        gram[np.arange(gram.shape[0]), np.arange(start, start + gram.shape[0])] = np.inf  # a list probes itself first
-        out[start : start + gram.shape[0]] = _top(gram, probes)[1]
+    out = np.empty((len(which), probes), dtype=np.int64)
+    for start in range(0, len(which), block):
+        lists = which[start : start + block]  # [b]
+        gram = centroids[lists] @ centroids.T  # [b, nlist]
+        gram[np.arange(len(lists)), lists] = np.inf  # a list probes itself first
+        out[start : start + len(lists)] = _top(gram, probes)[1]
     return out
 
 
