@@ -308,7 +308,9 @@ def test_two_ranks_split_embedding_and_curation_and_match_one_process(base_run, 
     assert ours.keys() == single.keys()
     for key in ours:
         assert ours[key].concepts == single[key].concepts
-        assert ours[key].scores == pytest.approx(single[key].scores, abs=1e-5)
+        # each rank embeds its shards in other batches than one process does: the model's float32 rounding
+        # can differ in the last bit (CPU kernels round by batch shape), so scores agree to float32 precision
+        assert ours[key].scores == pytest.approx(single[key].scores, rel=1e-5, abs=1e-5)
 
 
 def test_repeated_key_in_the_embeddings_is_rejected_once_not_curated_twice(base_run, tmp_path):

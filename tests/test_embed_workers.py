@@ -122,7 +122,8 @@ def test_parts_are_zero_padded_and_an_old_unpadded_folder_resumes_in_integer_ord
     assert not (out / "img_emb" / "img_emb_10.npy").exists() and (out / "img_emb" / "img_emb_00010.npy").is_file()
     rebuilt = load_embeddings(out)
     assert rebuilt.keys == first.keys  # parts 0, 1, ..., 9, 10, 11, ... by number, not 0, 1, 10, 11, 12, 2, ...
-    np.testing.assert_array_equal(rebuilt.image, first.image)
+    # the resumed parts are embedded in other batches than the first run's: equal to float32 rounding
+    np.testing.assert_allclose(rebuilt.image, first.image, rtol=0, atol=1e-6)
 
 
 def test_two_files_for_one_part_number_are_refused_naming_both(tmp_path, encoder):
