@@ -52,6 +52,7 @@ from cocu.curation.vocab import Vocabulary
 from curation import TOPIC, topic_concepts  # benchmarks/curation.py: the same clustered world
 
 DIM, MAX_CAPTION = 512, 5
+COCU = [sys.executable, "-m", "cocu"]
 GOAL_ANON_MIB, GOAL_RATE, GOAL_RECALL = 4096, 5000, 0.95
 SYLLABLES = [c + v for c in "bdfgklmnprtvz" for v in "aeiou"]
 
@@ -185,11 +186,11 @@ def one_size(args, n: int, root: Path) -> dict:
     write_s = time.perf_counter() - start
     print(f"[{n}] wrote {n} x {DIM} float16 embeddings in {world['parts']} parts + captions in {write_s:.0f} s",
           flush=True)
-    python = [sys.executable, "-m", "cocu"]
-    index_cmd = python + ["index", str(run / "emb"), "--out", str(run / "index"), "--no-caption",
-                          "--max-memory", str(args.max_memory)] + sum(([flag, str(value)] for flag, value in
-                                                         (("--nlist", args.nlist), ("--train-size", args.train_size))
-                                                         if value), [])
+    index_cmd = COCU + ["index", str(run / "emb"), "--out", str(run / "index"), "--no-caption",
+                        "--max-memory", str(args.max_memory)]
+    for flag, value in (("--nlist", args.nlist), ("--train-size", args.train_size)):
+        if value:
+            index_cmd += [flag, str(value)]
     index_s, index_mib, code, index_start = run_sampled(index_cmd, run / "index.log")
     if code:
         raise SystemExit(f"cocu index failed ({code}):\n{(run / 'index.log').read_text()[-3000:]}")
@@ -210,8 +211,7 @@ def one_size(args, n: int, root: Path) -> dict:
 
 def archive_stage(run: Path, n: int, info: dict) -> dict:
     """Run ``cocu archive RUN`` on a run folder with ``emb/``, ``vocab/``, ``index/`` and report its figures."""
-    python = [sys.executable, "-m", "cocu"]
-    archive_s, archive_mib, code, archive_start = run_sampled(python + ["archive", str(run)], run / "archive.log")
+    archive_s, archive_mib, code, archive_start = run_sampled(COCU + ["archive", str(run)], run / "archive.log")
     if code:
         raise SystemExit(f"cocu archive failed ({code}):\n{(run / 'archive.log').read_text()[-3000:]}")
     summary = json.loads((run / "summary.json").read_text())
