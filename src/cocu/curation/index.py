@@ -83,9 +83,8 @@ HNSW_COARSE_NLIST = 8192
 """From this many lists on, the coarse quantiser is ``HNSW32`` instead of a flat scan of the centroids."""
 COARSE_EF_SEARCH = 64
 """efSearch of the HNSW coarse quantiser, in k-means training and when vectors are added and searched. A vector
-sent to a list other than its nearest centroid's is lost to its neighbours' searches and self-joins: with
-16,384 centroids of clustered 512-d vectors the graph's top-1 was the flat search's for 98.4 % of vectors at
-faiss' default 16 and 99.996 % at 64 (``benchmarks/scale.py`` world, 50,000 queries)."""
+sent to a list other than its nearest centroid's is lost to its neighbours' searches and self-joins; at
+faiss' default 16 a few percent of vectors went astray on the ``benchmarks/scale.py`` world."""
 ENCODER_TRAIN = 65_536
 """With an HNSW coarse quantiser the codes (SQ8, PQ) are trained on at most this many of the k-means rows: the
 k-means sample is the build's largest temporary, and faiss' encoder training copies it as residuals."""
