@@ -182,11 +182,25 @@ def test_demo_cli_sets_the_sampling_study_knobs_and_the_studies(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [(["--tau", "0"], "tau"), (["--clusters", "0"], "num_clusters"),
-                                            (["--budgets", "1,1"], "budgets")])
+                                            (["--budgets", "1,1"], "budgets"), (["--jobs", "0"], "jobs")])
 def test_demo_cli_rejects_bad_study_settings_before_any_work(tmp_path, capsys, flags, message):
     assert main(["demo", "--quick", "--out", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "world").exists()
+
+
+def test_parallel_plan_starts_budget_one_then_the_dense_teacher_the_extra_teachers_and_larger_budgets(tmp_path):
+    from cocu.demo.parallel import DENSE, TEACHER, TRAIN, Task, plan
+
+    settings = with_overrides(quick_settings(tmp_path), seeds=(0, 1), budgets=(4, 2), teacher_steps=(100, 10, 30))
+    tasks = plan(settings)
+    b1 = [Task(TRAIN, r, s, 1) for s in (0, 1) for r in QUICK_TRAINED]
+    # the main teacher trains 30 steps in the quick preset, so t30 is not an extra teacher
+    assert settings.clip.steps == 30
+    teachers = [Task(TEACHER, teacher_steps=t) for t in (10, 100)]
+    larger = [Task(TRAIN, r, s, b) for b in (2, 4) for s in (0, 1) for r in QUICK_TRAINED]
+    assert tasks == [*b1, Task(DENSE), *teachers, *larger]
+    assert len({t.slug for t in tasks}) == len(tasks)  # one log file each
 
 
 def test_aggregate_seeds_keeps_null_metrics_null():
@@ -324,9 +338,10 @@ def test_render_report_is_self_contained_and_escapes_captions():
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory) -> Path:
-    """One CI-sized quick demo per session (a second request is a fully cached rerun)."""
+    """One CI-sized quick demo per session, its training runs two at a time in worker processes (--jobs 2;
+    the rerun test below then shows that a serial run finds every stage cached)."""
     out = tmp_path_factory.getbasetemp() / "quick-demo"
-    assert main(["demo", "--out", str(out), *QUICK_ARGS]) == 0
+    assert main(["demo", "--out", str(out), *QUICK_ARGS, "--jobs", "2"]) == 0
     return out
 
 
@@ -459,6 +474,15 @@ def test_quick_demo_report_is_self_contained_with_tables_and_pictures(quick_demo
     text = "".join(page.text)
     for name in (*ROW_NAMES, TEACHER_DENSE):
         assert name in text
+
+
+@pytest.mark.slow
+def test_quick_demo_jobs_leave_one_log_per_task_with_its_training_progress(quick_demo):
+    logs = sorted(p.name for p in (quick_demo / "logs").iterdir())
+    trained = [f"train-{r}-seed0-x{b}.log" for r in QUICK_TRAINED for b in QUICK_BUDGETS]
+    assert logs == sorted([*trained, "teacher-dense.log", "teacher-t4.log"])
+    text = (quick_demo / "logs" / "train-cocu-seed0-x2.log").read_text("utf-8")
+    assert f"{2 * QUICK_STEPS}/{2 * QUICK_STEPS}" in text and "stage train-cocu-x2: finished" in text
 
 
 @pytest.mark.slow

@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default maskclip)")
     g.add_argument("--threads", type=int, help="torch threads for every stage (default 1: fastest on 2 shared cores)")
     g.add_argument("--num-workers", type=int, help="data-loading worker processes per training run (default 1)")
+    g.add_argument("--jobs", type=int, help="independent stages (training runs, extra teachers) run this many at a "
+                   "time in worker processes, each with --threads threads (default 1; 2 on a 2-core machine "
+                   "nearly halves a multi-seed or budget-curve run); the cache is shared with --jobs 1")
     p.set_defaults(func=run)
 
 
@@ -116,6 +119,7 @@ def _settings(args: argparse.Namespace):
         dense_method=args.dense_method,
         threads=args.threads,
         num_workers=args.num_workers,
+        jobs=args.jobs,
         force=args.force or None,
     )
 

@@ -48,7 +48,9 @@ class DemoOutcome:
     summary: str
 
 
-class _Demo:
+class Demo:
+    """The demo's stages over one output folder, each cached by :class:`StageRunner`."""
+
     def __init__(self, settings: DemoSettings) -> None:
         self.s = settings
         self.out = settings.out
@@ -115,11 +117,11 @@ class _Demo:
             names = self.s.train_rows if budget == 1 else BUDGET_ROWS
             for seed in self.s.seeds:
                 for name in names:
-                    result = self._train_one(world, curated, row(name), seed, budget)
+                    result = self.train_one(world, curated, row(name), seed, budget)
                     figures.setdefault(budget, {}).setdefault(name, {})[seed] = result
         return figures
 
-    def _train_one(self, world: StageRecord, curated: dict[str, StageRecord], r, seed: int, budget: int) -> dict:
+    def train_one(self, world: StageRecord, curated: dict[str, StageRecord], r, seed: int, budget: int) -> dict:
         rn = run_name(r.name, seed, self.s.seed, budget)
         mdir = model_dir(self.out, rn)
         overrides = steps.groupvit_overrides(self.s, r, mdir, seed, budget)
@@ -377,10 +379,14 @@ def _run(settings: DemoSettings) -> DemoOutcome:
 
     started = time.perf_counter()
     settings.out.mkdir(parents=True, exist_ok=True)
-    demo = _Demo(settings)
+    demo = Demo(settings)
     world = demo.world()
     clip = demo.clip(world)
     curated = demo.curate(clip[0])
+    if settings.jobs > 1:
+        from cocu.demo.parallel import prewarm
+
+        prewarm(settings, world, clip[0], curated)
     figures = demo.train_and_eval(world, curated)
     dense = demo.teacher_dense(clip[0])
     concept_stats = demo.concepts(world, curated)

@@ -99,7 +99,9 @@ class DemoSettings:
     and the budget given here. ``threads``: torch (and faiss) threads for every stage (``None``: the
     libraries' default). One thread plus one data-loading worker process is the fastest on a 2-core
     machine, and far faster than two threads when other work shares the cores (OpenMP threads then spin).
-    ``num_workers``: data-loading worker processes of every training run.
+    ``num_workers``: data-loading worker processes of every training run. ``jobs``: independent stages
+    (training runs, extra teachers) run this many at a time in worker processes (:mod:`cocu.demo.parallel`);
+    no fingerprint depends on it.
 
     ``budgets``: multiples of ``groupvit.steps`` for the budget curve (1 = the ablation table's runs; every
     other multiple trains :data:`BUDGET_ROWS`). ``teacher_steps``: extra teacher CLIPs (training steps)
@@ -124,6 +126,7 @@ class DemoSettings:
     overlays: int = 4
     threads: int | None = 1
     num_workers: int = 1
+    jobs: int = 1
     force: bool = False
     budgets: tuple[int, ...] = (1,)
     teacher_steps: tuple[int, ...] = ()
@@ -212,6 +215,8 @@ def validate(settings: DemoSettings) -> None:
         raise ValueError(f"every world split needs at least one image, got {w}")
     if settings.threads is not None and settings.threads < 1:
         raise ValueError(f"threads must be >= 1, got {settings.threads}")
+    if settings.jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {settings.jobs}")
     if settings.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {settings.num_workers}")
     if settings.num_labels < 1 or settings.neighbors < 1:
