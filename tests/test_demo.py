@@ -153,6 +153,30 @@ def test_concept_rates_count_caption_mentions_and_archive_hits_among_images_hold
     assert entries[1]["kind"] == "?" and entries[1]["gain"] is None
 
 
+def test_concept_summary_means_gains_per_kind_and_seed_and_correlates_gain_with_mention_rate():
+    from cocu.demo.studies import concept_summary
+
+    rates = {"sky": {"images": 4, "caption_mention_rate": 0.0, "archive_recall": 0.5},
+             "sand": {"images": 4, "caption_mention_rate": 0.5, "archive_recall": 0.25},
+             "dog": {"images": 4, "caption_mention_rate": 1.0, "archive_recall": 1.0}}
+    iou = {"baseline": {0: {"sky": 0.1, "sand": 0.2, "dog": 0.5}, 1: {"sky": 0.3, "sand": 0.2, "dog": 0.5}},
+           "cocu": {0: {"sky": 0.5, "sand": 0.3, "dog": 0.4}, 1: {"sky": 0.5, "sand": None, "dog": 0.6}}}
+    entries = per_concept(rates, {"sky": "stuff", "sand": "stuff", "dog": "thing"}, iou)
+    summary = concept_summary(entries, iou)
+    stuff, thing = summary["by_kind"]["stuff"], summary["by_kind"]["thing"]
+    assert summary["seeds"] == [0, 1] and stuff["classes"] == 2 and thing["classes"] == 1
+    assert stuff["mean_caption_mention_rate"] == pytest.approx(0.25)
+    assert stuff["mean_archive_recall"] == pytest.approx(0.375)
+    # seed means: sky 0.5 - 0.2 = 0.3, sand 0.3 - 0.2 = 0.1 -> 0.2; per seed: (0.4 + 0.1) / 2 and sky's 0.2 alone
+    assert stuff["mean_gain"] == pytest.approx(0.2)
+    assert stuff["gain_per_seed"] == {"0": pytest.approx(0.25), "1": pytest.approx(0.2)}
+    assert thing["mean_gain"] == pytest.approx(0.0) and thing["gain_per_seed"] == {"0": pytest.approx(-0.1),
+                                                                                   "1": pytest.approx(0.1)}
+    # gains 0.3, 0.1, 0.0 at mention rates 0, 0.5, 1: r = -0.15 / sqrt(0.5 * 0.04667)
+    assert summary["gain_mention_correlation"] == pytest.approx(-0.15 / math.sqrt(0.5 * 0.14 / 3))
+    assert concept_summary(entries[:2], iou)["gain_mention_correlation"] is None  # two classes: no r
+
+
 def test_top_l_keeps_the_best_ranked_concepts_of_each_row():
     from cocu.curation.archive import ArchiveRow
 
@@ -443,6 +467,15 @@ def test_quick_demo_per_concept_covers_every_class_of_the_world(quick_demo):
         if e["iou"]["cocu"] is not None and e["iou"]["baseline"] is not None:
             assert e["gain"] == pytest.approx(e["iou"]["cocu"] - e["iou"]["baseline"])
     assert sum(e["images"] for e in entries) > 0
+
+
+@pytest.mark.slow
+def test_quick_demo_per_concept_summary_counts_every_class_by_kind(quick_demo):
+    res = json.loads((quick_demo / "results.json").read_text())
+    summary = res["per_concept_summary"]
+    counted = sum(k["classes"] for k in summary["by_kind"].values())
+    assert counted == len(res["per_concept"]) and set(summary["by_kind"]) <= {"stuff", "thing"}
+    assert summary["seeds"] == [0]
 
 
 @pytest.mark.slow

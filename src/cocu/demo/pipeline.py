@@ -28,7 +28,7 @@ from cocu.demo.metrics import CONCEPT_KEYS, EVAL_KEYS, aggregate_seeds, gap_clos
 from cocu.demo.paths import class_kinds, class_names, curation_dir, eval_paths, model_dir, run_name, teacher_dir
 from cocu.demo.settings import ARCHIVE, BUDGET_ROWS, ROWS, TEACHER_DENSE, DemoSettings, row, validate
 from cocu.demo.stages import StageRecord, StageRunner
-from cocu.demo.studies import CONCEPT_ROWS, budget_curve, per_concept
+from cocu.demo.studies import CONCEPT_ROWS, budget_curve, concept_summary, per_concept
 from cocu.utils.atomic import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -391,13 +391,15 @@ def _run(settings: DemoSettings) -> DemoOutcome:
     dense = demo.teacher_dense(clip[0])
     concept_stats = demo.concepts(world, curated)
     dirs = steps.world_dirs(settings.out)
+    class_iou = demo.class_iou()
+    concept_entries = per_concept(demo.concept_rates(world, curated), class_kinds(dirs["world_json"]), class_iou)
     extra = {
         "world": world.info.get("stats"),
         "clip": {"top1": read_eval_figures(settings.out / "eval" / "clip.json")["top1"]},
         "curation": {name: rec.info.get("summary") for name, rec in curated.items()},
         "budget_curve": budget_curve(figures, settings.groupvit.steps, BUDGET_ROWS),
-        "per_concept": per_concept(demo.concept_rates(world, curated), class_kinds(dirs["world_json"]),
-                                   demo.class_iou()),
+        "per_concept": concept_entries,
+        "per_concept_summary": concept_summary(concept_entries, class_iou),
         "teacher_strength": demo.teacher_strength(world, clip, curated),
     }
     timings = demo.runner.timings()

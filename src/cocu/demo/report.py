@@ -305,7 +305,28 @@ def _concept_section(results: dict[str, Any], png: bytes | None) -> str:
     fig = _img(png, "IoU gain against caption mention rate") if png else ""
     return ("<h2>Where the gain comes from: per concept</h2><p class=note>Caption mention rate: the share of "
             "pretrain images holding the class whose caption names it. Archive recall: the share whose CoCu archive "
-            "holds it. IoU on val, averaged over seeds.</p>" + fig + f"<table>{head}{body}</table>")
+            "holds it. IoU on val, averaged over seeds.</p>" + _concept_summary_note(results) + fig
+            + f"<table>{head}{body}</table>")
+
+
+def _concept_summary_note(results: dict[str, Any]) -> str:
+    """One line per kind: mean mention rate and gain (per seed too), then the gain/mention correlation."""
+    summary = results.get("per_concept_summary") or {}
+
+    def pts(v: float | None) -> str:
+        return "&mdash;" if v is None else f"{100 * v:+.1f}"
+
+    parts = []
+    for kind, k in (summary.get("by_kind") or {}).items():
+        seeds = ", ".join(f"seed {s} {pts(v)}" for s, v in (k.get("gain_per_seed") or {}).items())
+        rate = k.get("mean_caption_mention_rate")
+        parts.append(f"{_e(kind)} ({_e(k.get('classes'))} classes, mentioned "
+                     f"{'&mdash;' if rate is None else f'{100 * rate:.0f} %'}): mean IoU gain {pts(k.get('mean_gain'))}"
+                     + (f" ({seeds})" if seeds else ""))
+    r = summary.get("gain_mention_correlation")
+    if r is not None:
+        parts.append(f"correlation of gain with mention rate r = {r:.2f}")
+    return f"<p class=note>{'; '.join(parts)}.</p>" if parts else ""
 
 
 def _strength_section(results: dict[str, Any], png: bytes | None) -> str:

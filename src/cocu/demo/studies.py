@@ -4,18 +4,20 @@
   and the share of the baseline-to-oracle mIoU gap the row closes.
 - :func:`concept_rates` / :func:`per_concept`: per class of the world, how often captions name it when it
   is in the image (caption mention rate), how often the CoCu archive holds it (archive recall), and each
-  trained row's IoU on it.
+  trained row's IoU on it; :func:`concept_summary` condenses that per kind (stuff/thing) and seed, with the
+  correlation of the gain with the mention rate.
 - :func:`teacher_row_stats`: the curation ablation's ground-truth recall/precision of the archive, of its
   top-L concepts and of the per-step samples, for one teacher.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 from cocu.curation.archive import ArchiveRow
 from cocu.demo.concepts import PretrainSample, row_concept_stats
-from cocu.demo.metrics import EVAL_KEYS, aggregate_seeds, gap_closed, score_concepts
+from cocu.demo.metrics import EVAL_KEYS, aggregate_seeds, gap_closed, mean_std, score_concepts
 from cocu.demo.settings import AblationRow
 
 CURVE_KEYS: tuple[str, ...] = ("miou", "miou_lc", "miou_whole_image", "miou_group_bound", "top1")
@@ -113,6 +115,50 @@ def per_concept(
             "gain": None if base is None or cocu is None else cocu - base,
         })
     return out
+
+
+def concept_summary(
+    entries: Sequence[Mapping[str, Any]],
+    class_iou: Mapping[str, Mapping[int, Mapping[str, float | None]]],
+) -> dict[str, Any]:
+    """The per-concept study in a few numbers: per kind (``stuff``/``thing``) the classes counted, their mean
+    caption mention rate and archive recall, the mean CoCu - baseline IoU gain (over classes, of the seed
+    means) and that mean per seed (``gain_per_seed``, so a reader sees whether its sign holds on every
+    seed); and ``gain_mention_correlation``, Pearson's r of gain against mention rate over the classes with
+    both (null below three classes or without spread). ``entries``: :func:`per_concept`'s output."""
+    base, cocu = class_iou.get("baseline", {}), class_iou.get("cocu", {})
+    seeds = sorted(set(base) & set(cocu))
+    by_kind: dict[str, Any] = {}
+    for kind in sorted({e.get("kind", "?") for e in entries}):
+        members = [e for e in entries if e.get("kind", "?") == kind]
+        per_seed = {}
+        for seed in seeds:
+            gains = [cocu[seed].get(e["name"]) - base[seed].get(e["name"]) for e in members
+                     if cocu[seed].get(e["name"]) is not None and base[seed].get(e["name"]) is not None]
+            per_seed[str(seed)] = mean_std(gains)[0]
+        by_kind[kind] = {
+            "classes": len(members),
+            "mean_caption_mention_rate": mean_std([e.get("caption_mention_rate") for e in members])[0],
+            "mean_archive_recall": mean_std([e.get("archive_recall") for e in members])[0],
+            "mean_gain": mean_std([e.get("gain") for e in members])[0],
+            "gain_per_seed": per_seed,
+        }
+    pairs = [(e["caption_mention_rate"], e["gain"]) for e in entries
+             if e.get("caption_mention_rate") is not None and e.get("gain") is not None]
+    return {"by_kind": by_kind, "seeds": seeds, "gain_mention_correlation": _pearson(pairs)}
+
+
+def _pearson(pairs: Sequence[tuple[float, float]]) -> float | None:
+    if len(pairs) < 3:
+        return None
+    mx = sum(x for x, _ in pairs) / len(pairs)
+    my = sum(y for _, y in pairs) / len(pairs)
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx = sum((x - mx) ** 2 for x, _ in pairs)
+    syy = sum((y - my) ** 2 for _, y in pairs)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
 
 
 def top_l(archive: Mapping[str, ArchiveRow], num_labels: int) -> dict[str, list[str]]:
