@@ -75,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, help="torch threads for every stage (default 1: fastest on 2 shared cores)")
     g.add_argument("--num-workers", type=int, help="data-loading worker processes per training run (default 1)")
     g.add_argument("--jobs", type=int, help="independent stages (training runs, extra teachers) run this many at a "
-                   "time in worker processes, each with --threads threads (default 1; 2 on a 2-core machine "
-                   "nearly halves a multi-seed or budget-curve run); the cache is shared with --jobs 1")
+                   "time in worker processes, each with --threads threads (default 1; at most the number of cores); "
+                   "the cache is shared with --jobs 1")
     p.set_defaults(func=run)
 
 
