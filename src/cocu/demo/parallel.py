@@ -58,13 +58,6 @@ class Task:
             return f"teacher-t{self.teacher_steps}"
         return "teacher-dense"
 
-    @property
-    def label(self) -> str:
-        if self.kind == TRAIN:
-            return f"{self.row} seed {self.seed} x{self.budget}"
-        if self.kind == TEACHER:
-            return f"teacher t{self.teacher_steps}"
-        return "teacher-dense"
 
 
 def plan(settings: DemoSettings) -> list[Task]:
@@ -82,7 +75,7 @@ def run_task(
     settings: DemoSettings, task: Task, world: StageRecord, clip: StageRecord, curated: dict[str, StageRecord]
 ) -> str:
     """Run one task's stages (cached as in the serial demo) in this process, its log and progress bars going to
-    ``DIR/logs/<slug>.log``; returns its label."""
+    ``DIR/logs/<slug>.log``; returns its slug."""
     log_path = log_file(settings.out, task)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log, redirect_stderr(log):
@@ -95,7 +88,7 @@ def run_task(
             _run_stages(settings, task, world, clip, curated)
         finally:
             root.removeHandler(handler)
-    return task.label
+    return task.slug
 
 
 def log_file(out: Path, task: Task) -> Path:
@@ -126,7 +119,7 @@ def _run_stages(
 def prewarm(
     settings: DemoSettings, world: StageRecord, clip: StageRecord, curated: dict[str, StageRecord]
 ) -> list[str]:
-    """Run :func:`plan`'s tasks ``settings.jobs`` at a time; returns the labels of the tasks that failed."""
+    """Run :func:`plan`'s tasks ``settings.jobs`` at a time; returns the slugs of the tasks that failed."""
     tasks = plan(settings)
     failed: list[str] = []
     context = multiprocessing.get_context("spawn")
@@ -141,10 +134,10 @@ def prewarm(
                     task = pending.pop(future)
                     err = future.exception()
                     if err is not None:
-                        failed.append(task.label)
+                        failed.append(task.slug)
                         logger.warning("demo task %s failed in a worker (%s: %s; log %s); the serial pass runs it "
-                                       "again", task.label, type(err).__name__, err, log_file(settings.out, task))
+                                       "again", task.slug, type(err).__name__, err, log_file(settings.out, task))
                     else:
-                        logger.info("demo task %s done", task.label)
+                        logger.info("demo task %s done", task.slug)
                     bar.update(1)
     return failed
