@@ -59,7 +59,6 @@ class Task:
         return "teacher-dense"
 
 
-
 def plan(settings: DemoSettings) -> list[Task]:
     """Every independent stage of ``settings``, in the order the pool starts them."""
     tasks = [Task(TRAIN, name, seed, 1) for seed in settings.seeds for name in settings.train_rows]
