@@ -519,6 +519,24 @@ def test_quick_demo_jobs_leave_one_log_per_task_with_its_training_progress(quick
 
 
 @pytest.mark.slow
+def test_quick_demo_collect_only_reports_the_finished_runs_and_lists_the_missing_ones(quick_demo):
+    models = sorted(p.name for p in (quick_demo / "models").iterdir())
+    assert main(["demo", "--out", str(quick_demo), *QUICK_ARGS[:-4], "--budgets", "1,2,4",
+                 "--teacher-steps", "4,6", "--collect-only"]) == 0
+    res = json.loads((quick_demo / "results.json").read_text())
+    assert res["missing"] == ["train-baseline-x4", "train-cocu-x4", "train-oracle-x4", "train-clip-t6"]
+    assert sorted({p["budget"] for p in res["budget_curve"]["points"]}) == list(QUICK_BUDGETS)
+    assert [t["steps"] for t in res["teacher_strength"]] == list(QUICK_TEACHERS)
+    assert sorted(p.name for p in (quick_demo / "models").iterdir()) == models  # nothing trained
+
+
+def test_demo_collect_only_on_an_empty_folder_says_which_stage_has_not_run(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), *QUICK_ARGS, "--collect-only"]) == 2
+    assert "stage synth has not run" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "world").exists()
+
+
+@pytest.mark.slow
 def test_quick_demo_rerun_skips_every_finished_stage(quick_demo, capsys):
     start = time.perf_counter()
     assert main(["demo", "--out", str(quick_demo), *QUICK_ARGS]) == 0

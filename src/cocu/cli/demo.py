@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seeds", type=_int_list, help="comma-separated seeds: GroupViT training repeats per seed "
                        "(world, CLIP and curation use the first); results carry per-seed values and mean/std")
     p.add_argument("--force", action="store_true", help="rerun every stage even if its outputs are cached")
+    p.add_argument("--collect-only", action="store_true", help="train and curate nothing: write results.json and "
+                   "the report from the stages already done (e.g. while a long run is still going, or after one was "
+                   "stopped); the runs left out are listed under results.json 'missing'")
     p.add_argument("--rows", type=_row_list, help=f"ablation rows to train (default: all; --quick: baseline,cocu,"
                    f"oracle); any of {','.join(ROW_NAMES)}")
     g = p.add_argument_group("budgets (override the preset)")
@@ -121,6 +124,7 @@ def _settings(args: argparse.Namespace):
         num_workers=args.num_workers,
         jobs=args.jobs,
         force=args.force or None,
+        collect_only=args.collect_only or None,
     )
 
 
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cocu demo: {err}", file=sys.stderr)
         return 2
+    from cocu.demo.stages import StageNotRun
     from cocu.train.trainer import TrainingDiverged
 
     try:
@@ -141,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"cocu demo: {err}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, StageNotRun) as err:
         print(f"cocu demo: error: {err}", file=sys.stderr)
         return 2
     print(outcome.summary)

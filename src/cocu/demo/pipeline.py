@@ -27,7 +27,7 @@ from cocu.demo.concepts import DRAWS
 from cocu.demo.metrics import CONCEPT_KEYS, EVAL_KEYS, aggregate_seeds, gap_closed
 from cocu.demo.paths import class_kinds, class_names, curation_dir, eval_paths, model_dir, run_name, teacher_dir
 from cocu.demo.settings import ARCHIVE, BUDGET_ROWS, ROWS, TEACHER_DENSE, DemoSettings, row, validate
-from cocu.demo.stages import StageRecord, StageRunner
+from cocu.demo.stages import StageNotRun, StageRecord, StageRunner
 from cocu.demo.studies import CONCEPT_ROWS, budget_curve, concept_summary, per_concept
 from cocu.utils.atomic import atomic_write_json, atomic_write_text
 
@@ -54,12 +54,13 @@ class Demo:
     def __init__(self, settings: DemoSettings) -> None:
         self.s = settings
         self.out = settings.out
-        self.runner = StageRunner(self.out, settings.force)
+        self.runner = StageRunner(self.out, settings.force, settings.collect_only)
+        self.missing: list[str] = []
 
     def world(self) -> StageRecord:
         payload = {"v": LAYOUT_VERSION, "world": self.s.world, "seed": self.s.seed}
         return self.runner.run(
-            "synth", payload, lambda: steps.make_world(self.s), [steps.world_dirs(self.out)["world"]]
+            "synth", payload, lambda: steps.make_world(self.s), [steps.world_dirs(self.out)["world"]], heavy=True
         )
 
     def clip(self, world: StageRecord, teacher_steps: int | None = None) -> tuple[StageRecord, StageRecord]:
@@ -69,7 +70,7 @@ class Demo:
         overrides = steps.clip_overrides(self.s, out_dir, teacher_steps)
         payload = {"world": world.fingerprint, "config": steps.resolved_config(self.s.clip_config, overrides)}
         trained = self.runner.run(f"train-{tag}", payload,
-                                  lambda: steps.train_model(self.s.clip_config, overrides), [out_dir])
+                                  lambda: steps.train_model(self.s.clip_config, overrides), [out_dir], heavy=True)
         json_path = self.out / "eval" / f"{tag}.json"
         evaluated = self.runner.run(
             f"eval-{tag}",
@@ -104,6 +105,7 @@ class Demo:
                 prefix + r.name, payload,
                 lambda r=r, run_dir=run_dir, reuse=reuse: steps.curate_row(self.s, r, encoder, run_dir, reuse),
                 [run_dir],
+                heavy=True,
             )
         return records
 
@@ -111,13 +113,18 @@ class Demo:
         self, world: StageRecord, curated: dict[str, StageRecord]
     ) -> dict[int, dict[str, dict[int, dict]]]:
         """Per budget multiple, row name and seed: the evaluation figures (fractions) of each trained model.
-        Budget 1 trains ``train_rows``, every other budget :data:`BUDGET_ROWS`."""
+        Budget 1 trains ``train_rows``, every other budget :data:`BUDGET_ROWS`; under ``collect_only`` a run
+        not trained yet is left out (and named in ``self.missing``)."""
         figures: dict[int, dict[str, dict[int, dict]]] = {}
         for budget in self.s.curve_budgets:
             names = self.s.train_rows if budget == 1 else BUDGET_ROWS
             for seed in self.s.seeds:
                 for name in names:
-                    result = self.train_one(world, curated, row(name), seed, budget)
+                    try:
+                        result = self.train_one(world, curated, row(name), seed, budget)
+                    except StageNotRun as missing:
+                        self.missing.append(missing.name)
+                        continue
                     figures.setdefault(budget, {}).setdefault(name, {})[seed] = result
         return figures
 
@@ -131,6 +138,7 @@ class Demo:
             {"upstream": upstream, "config": steps.resolved_config(self.s.groupvit_config, overrides)},
             lambda: steps.train_model(self.s.groupvit_config, overrides),
             [mdir],
+            heavy=True,
         )
         json_path, pred_dir = eval_paths(self.out, rn)
         self.runner.run(
@@ -209,8 +217,12 @@ class Demo:
         out = []
         for t in sorted({self.s.clip.steps, *self.s.teacher_steps}):
             extra = None if t == self.s.clip.steps else t
-            clip, _ = main if extra is None else self.clip(world, extra)
-            records = curated if extra is None else self.curate(clip, extra)
+            try:
+                clip, _ = main if extra is None else self.clip(world, extra)
+                records = curated if extra is None else self.curate(clip, extra)
+            except StageNotRun as missing:
+                self.missing.append(missing.name)
+                continue
             tag = teacher_dir(self.out, extra).name
             path = self.out / "strength" / f"{tag}.json"
             payload = {"curated": {k: v.fingerprint for k, v in records.items()}, "labels": self.s.num_labels,
@@ -383,7 +395,7 @@ def _run(settings: DemoSettings) -> DemoOutcome:
     world = demo.world()
     clip = demo.clip(world)
     curated = demo.curate(clip[0])
-    if settings.jobs > 1:
+    if settings.jobs > 1 and not settings.collect_only:
         from cocu.demo.parallel import prewarm
 
         prewarm(settings, world, clip[0], curated)
@@ -402,6 +414,7 @@ def _run(settings: DemoSettings) -> DemoOutcome:
         "per_concept_summary": concept_summary(concept_entries, class_iou),
         "teacher_strength": demo.teacher_strength(world, clip, curated),
     }
+    extra["missing"] = demo.missing
     timings = demo.runner.timings()
     timings["total"] = {"seconds": round(time.perf_counter() - started, 3), "cached": False}
     report_start = time.perf_counter()

@@ -101,7 +101,8 @@ class DemoSettings:
     machine, and far faster than two threads when other work shares the cores (OpenMP threads then spin).
     ``num_workers``: data-loading worker processes of every training run. ``jobs``: independent stages
     (training runs, extra teachers) run this many at a time in worker processes (:mod:`cocu.demo.parallel`);
-    no fingerprint depends on it.
+    no fingerprint depends on it. ``collect_only``: train and curate nothing; results and report from the
+    stages already done (the runs not done are listed in ``results.json`` ``missing``).
 
     ``budgets``: multiples of ``groupvit.steps`` for the budget curve (1 = the ablation table's runs; every
     other multiple trains :data:`BUDGET_ROWS`). ``teacher_steps``: extra teacher CLIPs (training steps)
@@ -128,6 +129,7 @@ class DemoSettings:
     num_workers: int = 1
     jobs: int = 1
     force: bool = False
+    collect_only: bool = False
     budgets: tuple[int, ...] = (1,)
     teacher_steps: tuple[int, ...] = ()
     tau: float | None = None

@@ -4,7 +4,8 @@ A marker (``DIR/stages/<name>.json``) records the stage's fingerprint (a hash of
 and of the fingerprints of the stages it read from), how long it took and what it returned. A stage
 is skipped when its marker exists, its fingerprint matches and all its outputs are present; otherwise
 its outputs are removed and it runs again (a changed budget never reuses a stale model). ``force``
-reruns every stage.
+reruns every stage. ``collect_only`` runs no heavy stage (world, training, curation): one not done
+raises :class:`StageNotRun`, so that a caller can report a partly finished run without finishing it.
 """
 
 from __future__ import annotations
@@ -45,12 +46,21 @@ class StageRecord:
         return {"seconds": round(self.seconds, 3), "cached": self.cached}
 
 
+class StageNotRun(RuntimeError):
+    """A heavy stage that has not run (or whose inputs changed) was asked for under ``collect_only``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"stage {name} has not run (collect-only: nothing is trained)")
+        self.name = name
+
+
 class StageRunner:
     """Runs named stages under ``out_dir`` with done-markers and collects their timings."""
 
-    def __init__(self, out_dir: str | Path, force: bool = False) -> None:
+    def __init__(self, out_dir: str | Path, force: bool = False, collect_only: bool = False) -> None:
         self.out_dir = Path(out_dir)
-        self.force = force
+        self.force = force and not collect_only
+        self.collect_only = collect_only
         self.records: dict[str, StageRecord] = {}
 
     def marker_path(self, name: str) -> Path:
@@ -80,10 +90,13 @@ class StageRunner:
         payload: Any,
         fn: Callable[[], dict[str, Any] | None],
         outputs: Sequence[Path] = (),
+        heavy: bool = False,
     ) -> StageRecord:
         """Run ``fn`` unless a matching done-marker says it already ran; ``outputs`` are cleared before a run.
 
         ``payload`` is everything the stage's result depends on (settings and upstream fingerprints).
+        ``heavy``: the stage makes data or trains (under ``collect_only`` it raises :class:`StageNotRun`
+        instead of running).
         """
         key = fingerprint(payload)
         record = self._cached(name, key, outputs)
@@ -91,6 +104,8 @@ class StageRunner:
             logger.info("stage %s: done already (%.1f s when it ran), skipped", name, record.seconds)
             self.records[name] = record
             return record
+        if heavy and self.collect_only:
+            raise StageNotRun(name)
         self.marker_path(name).unlink(missing_ok=True)
         for path in outputs:
             _remove(path)
