@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from cocu.utils.atomic import atomic_write_json, atomic_write_text
 
 GRID: dict[str, list[str]] = {
     "default": [],
@@ -80,13 +80,6 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -108,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         done[name] = run_point(args.out, name, args.seeds, extra)
         entries = [done[n] for n in GRID if n in done]
-        _write_atomic(study_path, json.dumps(entries, indent=2) + "\n")
-        _write_atomic(args.out / "sampling_study.md", table(entries))
+        atomic_write_json(study_path, entries)
+        atomic_write_text(args.out / "sampling_study.md", table(entries))
     print(table([done[n] for n in GRID if n in done]), end="")
     return 0
 
