@@ -30,6 +30,7 @@ td.na { color: #9aa3b2; text-align: center; }
 tr.cocu td { background: #eaf7ee; } tr.cocu td.gt { background: #f4efcc; }
 .bar { display: inline-block; height: 0.55em; background: #e0a526; border-radius: 2px; margin-left: 0.4em; }
 .note { color: #566070; font-size: 0.88em; max-width: 62em; }
+img { max-width: 100%; height: auto; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 1em; }
 .card { border: 1px solid #d4dae6; border-radius: 8px; padding: 0.7em; display: flex; gap: 0.8em; }
 .card img { image-rendering: pixelated; border: 1px solid #b9c1cf; }
