@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from contextlib import redirect_stderr
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cocu.demo.settings import BUDGET_ROWS, DemoSettings, row
+from cocu.demo.settings import DemoSettings, row
 from cocu.demo.stages import StageRecord
 
 logger = logging.getLogger(__name__)
@@ -61,12 +60,12 @@ class Task:
 
 def plan(settings: DemoSettings) -> list[Task]:
     """Every independent stage of ``settings``, in the order the pool starts them."""
-    tasks = [Task(TRAIN, name, seed, 1) for seed in settings.seeds for name in settings.train_rows]
+    tasks = [Task(TRAIN, name, seed, 1) for seed in settings.seeds for name in settings.rows_at(1)]
     tasks.append(Task(DENSE))
     tasks += [Task(TEACHER, teacher_steps=t) for t in sorted(settings.teacher_steps) if t != settings.clip.steps]
     for budget in settings.curve_budgets:
         if budget != 1:
-            tasks += [Task(TRAIN, name, seed, budget) for seed in settings.seeds for name in BUDGET_ROWS]
+            tasks += [Task(TRAIN, name, seed, budget) for seed in settings.seeds for name in settings.rows_at(budget)]
     return tasks
 
 
@@ -117,10 +116,9 @@ def _run_stages(
 
 def prewarm(
     settings: DemoSettings, world: StageRecord, clip: StageRecord, curated: dict[str, StageRecord]
-) -> list[str]:
-    """Run :func:`plan`'s tasks ``settings.jobs`` at a time; returns the slugs of the tasks that failed."""
+) -> None:
+    """Run :func:`plan`'s tasks ``settings.jobs`` at a time; a failed task is logged (the serial pass reruns it)."""
     tasks = plan(settings)
-    failed: list[str] = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(settings.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         pending: dict[Future, Task] = {
@@ -133,10 +131,8 @@ def prewarm(
                     task = pending.pop(future)
                     err = future.exception()
                     if err is not None:
-                        failed.append(task.slug)
                         logger.warning("demo task %s failed in a worker (%s: %s; log %s); the serial pass runs it "
                                        "again", task.slug, type(err).__name__, err, log_file(settings.out, task))
                     else:
                         logger.info("demo task %s done", task.slug)
                     bar.update(1)
-    return failed

@@ -117,9 +117,8 @@ class Demo:
         not trained yet is left out (and named in ``self.missing``)."""
         figures: dict[int, dict[str, dict[int, dict]]] = {}
         for budget in self.s.curve_budgets:
-            names = self.s.train_rows if budget == 1 else BUDGET_ROWS
             for seed in self.s.seeds:
-                for name in names:
+                for name in self.s.rows_at(budget):
                     try:
                         result = self.train_one(world, curated, row(name), seed, budget)
                     except StageNotRun as missing:

@@ -155,6 +155,10 @@ class DemoSettings:
         """k-means clusters per image in the curation."""
         return self.num_clusters if self.num_clusters is not None else self.num_labels
 
+    def rows_at(self, budget: int) -> tuple[str, ...]:
+        """The rows trained at a budget multiple: ``train_rows`` at 1, :data:`BUDGET_ROWS` at any other."""
+        return self.train_rows if budget == 1 else BUDGET_ROWS
+
     @property
     def curve_budgets(self) -> tuple[int, ...]:
         """The budget multiples of the budget curve, 1 first."""
