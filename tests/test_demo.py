@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cocu.cli import main
 from cocu.demo.metrics import aggregate_seeds, gap_closed, mean_std, score_concepts
@@ -492,6 +493,20 @@ def test_quick_demo_teacher_strength_has_each_teacher_and_curated_row(quick_demo
             if name != "cocu":  # naive sampling feeds exactly the top-L concepts
                 assert stats["top_l_recall"] == pytest.approx(stats["sampled_recall"])
     assert list((quick_demo / "curation" / "t4" / "cocu" / "curation").glob("archive-*.parquet"))
+
+
+@pytest.mark.slow
+def test_quick_demo_groups_every_trained_model_under_the_one_environment_that_trained_it(quick_demo):
+    res = json.loads((quick_demo / "results.json").read_text())
+    assert res["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    groups = res["train_environments"]
+    assert len(groups) == 1, groups  # every run on this machine, one thread each
+    runs = groups[0]["runs"]
+    assert len(runs) == len(set(runs)) == len(QUICK_TEACHERS) + len(QUICK_BUDGETS) * len(QUICK_TRAINED)
+    assert {"train-clip", "train-clip-t4", "train-cocu", "train-oracle-x2"} <= set(runs)
+    assert groups[0]["environment"]["threads"] == 1 and groups[0]["environment"]["device"] == "cpu"
+    assert all(t["teacher_images"] == 96 for t in res["teacher_strength"])
+    assert "kernels" in (quick_demo / "report.html").read_text("utf-8")
 
 
 @pytest.mark.slow

@@ -66,6 +66,9 @@ def test_run_writes_a_from_pretrained_folder_with_tokenizer_config_and_logs(full
     assert all(r["loss"] == pytest.approx(r["loss_caption"] + r["loss_multilabel"]) for r in records)
     result = json.loads((out / "train_result.json").read_text())
     assert result["steps"] == STEPS and result["finished"] is True
+    env = result["environment"]  # what a rerun elsewhere would differ by
+    assert env["device"] == "cpu" and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
     assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == ["step-00000004", "step-00000005"]
     sums = (checkpoint_dirs(out / "checkpoints")[-1] / "SHA256SUMS").read_text().splitlines()
     assert [line.split("  ")[1] for line in sums] == ["weights.safetensors", "state.pt"]

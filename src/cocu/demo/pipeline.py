@@ -7,7 +7,7 @@ uses these names and every other seed ``S`` adds ``-seedS`` (``models/groupvit-c
 ``eval/cocu-seed1.json``); the world, the CLIP and the curation are made once, with the first seed.
 Budget multiples other than 1 add ``-x<B>`` (``models/groupvit-cocu-x2/``); the teacher CLIP read densely
 is ``eval/teacher-dense.json``; extra teachers are ``models/clip-t<STEPS>/`` curating into
-``curation/t<STEPS>/<row>/``; ``concept_rates.json`` and ``teacher_strength.json`` hold the studies'
+``curation/t<STEPS>/<row>/``; ``concept_rates.json`` and ``strength/<teacher>.json`` hold the studies'
 inputs (see :mod:`cocu.demo.paths` and :mod:`cocu.demo.studies`).
 """
 
@@ -28,6 +28,7 @@ from cocu.demo.metrics import CONCEPT_KEYS, EVAL_KEYS, aggregate_seeds, gap_clos
 from cocu.demo.paths import class_kinds, class_names, curation_dir, eval_paths, model_dir, run_name, teacher_dir
 from cocu.demo.settings import ARCHIVE, BUDGET_ROWS, ROWS, TEACHER_DENSE, DemoSettings, row, validate
 from cocu.demo.stages import StageNotRun, StageRecord, StageRunner
+from cocu.utils.environment import environment, group_by_environment
 from cocu.demo.studies import CONCEPT_ROWS, budget_curve, concept_summary, per_concept
 from cocu.utils.atomic import atomic_write_json, atomic_write_text
 
@@ -56,6 +57,8 @@ class Demo:
         self.out = settings.out
         self.runner = StageRunner(self.out, settings.force, settings.collect_only)
         self.missing: list[str] = []
+        self.trained: dict[str, Path] = {}
+        """Every model this demo trained or reused: stage name -> model folder (for ``train_environments``)."""
 
     def world(self) -> StageRecord:
         payload = {"v": LAYOUT_VERSION, "world": self.s.world, "seed": self.s.seed}
@@ -71,6 +74,7 @@ class Demo:
         payload = {"world": world.fingerprint, "config": steps.resolved_config(self.s.clip_config, overrides)}
         trained = self.runner.run(f"train-{tag}", payload,
                                   lambda: steps.train_model(self.s.clip_config, overrides), [out_dir], heavy=True)
+        self.trained[f"train-{tag}"] = out_dir
         json_path = self.out / "eval" / f"{tag}.json"
         evaluated = self.runner.run(
             f"eval-{tag}",
@@ -139,6 +143,7 @@ class Demo:
             [mdir],
             heavy=True,
         )
+        self.trained[f"train-{rn}"] = mdir
         json_path, pred_dir = eval_paths(self.out, rn)
         self.runner.run(
             f"eval-{rn}",
@@ -229,7 +234,7 @@ class Demo:
             self.runner.run(f"strength-{tag}", payload, lambda path=path, extra=extra: self._strength(path, extra),
                             [path])
             top1 = read_eval_figures(self.out / "eval" / f"{tag}.json")["top1"]
-            out.append({"steps": t, "main": extra is None, "top1": top1,
+            out.append({"steps": t, "teacher_images": self.s.world.teacher, "main": extra is None, "top1": top1,
                         "rows": json.loads(path.read_text("utf-8"))})
         return out
 
@@ -252,6 +257,17 @@ class Demo:
                                               text.oracle_pick, self.s.seed)
         atomic_write_json(path, stats)
         return {"rows": list(stats)}
+
+    def train_environments(self) -> list[dict[str, Any]]:
+        """The trained models grouped by the environment that trained them (more than one group: the rows
+        were trained on different kernels or versions and differ by more than their configs)."""
+        from cocu.train.trainer import RESULT_FILE
+
+        envs = {}
+        for stage, folder in self.trained.items():
+            path = folder / RESULT_FILE
+            envs[stage] = json.loads(path.read_text("utf-8")).get("environment") if path.is_file() else None
+        return group_by_environment(envs)
 
     def class_iou(self) -> dict[str, dict[int, dict[str, float | None]]]:
         """Per row of the per-concept study and seed (budget 1): the val per-class IoU as fractions."""
@@ -412,6 +428,8 @@ def _run(settings: DemoSettings) -> DemoOutcome:
         "per_concept": concept_entries,
         "per_concept_summary": concept_summary(concept_entries, class_iou),
         "teacher_strength": demo.teacher_strength(world, clip, curated),
+        "environment": environment(),
+        "train_environments": demo.train_environments(),
     }
     extra["missing"] = demo.missing
     timings = demo.runner.timings()

@@ -361,7 +361,26 @@ def _settings_and_timings(results: dict[str, Any]) -> str:
     )
     table = "<table><tr><th class=name>stage</th><th>seconds</th><th class=name>status</th></tr>" + rows + "</table>"
     settings = json.dumps(results.get("settings", {}), indent=2, sort_keys=True)
-    return table + f"<pre>{_e(settings)}</pre>"
+    return table + _environments(results) + f"<pre>{_e(settings)}</pre>"
+
+
+def _environments(results: dict[str, Any]) -> str:
+    """Where the models were trained: one line per distinct environment, a warning when there are several."""
+    groups = results.get("train_environments") or []
+    if not groups:
+        return ""
+
+    def describe(env: dict[str, Any] | None) -> str:
+        if not env:
+            return "not recorded"
+        return (f"{env.get('cpu')} ({env.get('cpu_capability')} kernels), device {env.get('device')}, "
+                f"{env.get('threads')} thread(s), torch {env.get('torch')}, transformers {env.get('transformers')}")
+
+    items = "".join(f"<li>{len(g['runs'])} run(s): {_e(describe(g['environment']))}</li>" for g in groups)
+    warn = (" <b>The models were trained in different environments</b>: rows trained on different CPU kernels or "
+            "versions differ by more than their configs." if len(groups) > 1 else "")
+    return (f'<p class="note">Trained in (training is repeatable bit for bit only in the same environment; '
+            f'<code>train_environments</code> in results.json lists the runs):{warn}</p><ul>{items}</ul>')
 
 
 def render_report(data: ReportData) -> str:

@@ -78,6 +78,7 @@ from cocu.train.loss import CocuLoss, LossOutput
 from cocu.train.metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsLogger, plot_loss_curve, read_metrics
 from cocu.train.optim import build_optimizer
 from cocu.utils.atomic import atomic_write_json
+from cocu.utils.environment import environment
 from cocu.utils.lock import FolderLocked, folder_lock
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     """``steps``: global steps done (of ``total_steps``); ``finished``: the schedule is complete and the
     final model is saved in ``out_dir``; ``final_loss``: the mean loss of the last logging window;
-    ``images_per_s``: global throughput of this invocation."""
+    ``images_per_s``: global throughput of this invocation; ``environment``: versions, CPU kernels, device
+    and threads of this invocation (:mod:`cocu.utils.environment`: what makes a rerun elsewhere differ)."""
 
     out_dir: Path
     steps: int
@@ -111,6 +113,7 @@ class TrainResult:
     steps_per_epoch: int
     checkpoint: Path | None
     skipped: dict[str, int] = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -480,6 +483,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_step: Callable[[StepInfo], Non
         steps_per_epoch=steps_per_epoch,
         checkpoint=last_checkpoint,
         skipped=skipped,
+        environment=environment(ctx.device),
     )
     if ctx.is_main and finished:
         atomic_write_json(out / RESULT_FILE, result.to_json())
