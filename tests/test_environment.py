@@ -16,10 +16,13 @@ def test_environment_names_versions_cpu_kernels_device_and_threads():
     assert env["faiss-cpu"] is not None and env["transformers"] is not None
 
 
-def test_cpu_model_reads_the_model_name_line(tmp_path):
+def test_cpu_model_names_the_first_processor_with_vendor_family_and_model(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000\nflags\t: avx2\n")
-    assert cpu_model(info) == "Test CPU 9000"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: AMD EPYC\nflags\t: avx2\n\nprocessor\t: 1\nmodel name\t: Other\n")
+    assert cpu_model(info) == "AMD EPYC (AuthenticAMD family 26 model 2)"
+    (tmp_path / "bare").write_text("model name\t: Test CPU 9000\n")
+    assert cpu_model(tmp_path / "bare") == "Test CPU 9000"
     assert cpu_model(tmp_path / "absent")  # falls back to the platform's name, never raises
 
 

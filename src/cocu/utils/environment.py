@@ -32,15 +32,24 @@ def _version(dist: str) -> str | None:
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()`` or the machine)."""
+    """The CPU's model name with its vendor, family and model numbers where Linux ``/proc/cpuinfo`` gives them
+    (a virtual machine may show only "AMD EPYC": the family tells Zen 4 from Zen 5); elsewhere
+    ``platform.processor()`` or the machine type."""
+    fields: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    ids = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if fields.get(key)]
+    vendor = fields.get("vendor_id")
+    if ids or vendor:
+        return f"{name} ({' '.join(([vendor] if vendor else []) + ids)})"
+    return name
 
 
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:
