@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from cocu.utils.atomic import atomic_write_json, atomic_write_text
+from cocu.utils.environment import kernel_signature
 
 GRID: dict[str, list[str]] = {
     "default": [],
@@ -61,6 +62,7 @@ def run_point(out: Path, name: str, seeds: str, extra: list[str]) -> dict:
         **{k: cocu.get(k) for k in KEYS},
         "miou_std": cocu["std"].get("miou"),
         "miou_per_seed": [p.get("miou") for p in cocu["per_seed"]],
+        "train_environments": results.get("train_environments", []),
     }
 
 
@@ -77,7 +79,20 @@ def table(entries: list[dict]) -> str:
         lines.append(f"| {e['point']} | {tau} | {e['labels']} | {e['clusters']} | {pct(e['sampled_recall'])} | "
                      f"{pct(e['sampled_precision'])} | {pct(e['sampled_coverage'])} | {pct(e['recall'])} | "
                      f"{pct(e['miou'])} | {pct(e['miou_std'])} | {','.join(map(str, e['seeds']))} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + environments_note(entries)
+
+
+def environments_note(entries: list[dict]) -> str:
+    """A warning line when the points' models were not all trained in one recorded environment (the same
+    seed trains a different model on other CPU kernels or versions, so such mIoUs do not compare)."""
+    groups = [g for e in entries for g in e.get("train_environments", [])]
+    signatures = {kernel_signature(g.get("environment")) for g in groups}
+    if len(signatures) <= 1 and () not in signatures and len(groups) >= len(entries):
+        return ""
+    unrecorded = sum(1 for e in entries if not e.get("train_environments")
+                     or any(not g.get("environment") for g in e["train_environments"]))
+    return (f"\nThe points were trained in {len(signatures - {()})} recorded environment(s); {unrecorded} point(s) "
+            "have runs without a record. mIoU compares only between runs of one environment.\n")
 
 
 def main(argv: list[str] | None = None) -> int:

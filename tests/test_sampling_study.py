@@ -34,6 +34,17 @@ def test_sampling_study_table_prints_percent_and_the_default_tau(study):
     assert row == "| k4 | 0.1 (default) | 3 | 4 | 25.0 | 50.0 | 62.5 | 75.0 | 8.1 | - | 0,1 |"
 
 
+def test_sampling_study_warns_when_its_points_were_trained_in_different_environments(study):
+    here = {"cpu": "A", "cpu_capability": "AVX512", "torch": "2.13.0", "threads": 1}
+    entries = [{"point": p, "train_environments": [{"environment": env, "runs": ["train-cocu"]}]}
+               for p, env in (("default", here), ("k4", dict(here)))]
+    assert study.environments_note(entries) == ""
+    entries[1]["train_environments"][0]["environment"] = {**here, "cpu_capability": "AVX2"}
+    assert "2 recorded environment(s); 0 point(s)" in study.environments_note(entries)
+    entries[1]["train_environments"] = []  # an entry from before environments were recorded
+    assert "1 recorded environment(s); 1 point(s)" in study.environments_note(entries)
+
+
 @pytest.mark.slow
 def test_sampling_study_runs_each_point_as_a_cocu_only_demo_with_its_flags(study, tmp_path, capsys):
     out = tmp_path / "study"
@@ -47,3 +58,4 @@ def test_sampling_study_runs_each_point_as_a_cocu_only_demo_with_its_flags(study
     trained = [r["name"] for r in results["rows"] if r["trained"]]
     assert trained == ["cocu"] and results["settings"]["num_clusters"] == 4
     assert "| k4 |" in (out / "sampling_study.md").read_text() and "| k4 |" in capsys.readouterr().out
+    assert len(e["train_environments"]) == 1 and "environment" not in (out / "sampling_study.md").read_text()
