@@ -2,11 +2,13 @@
 
 import io
 import json
+import logging
 
 import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from cocu.cli import main
@@ -109,6 +111,22 @@ def test_embed_writes_clip_retrieval_layout_and_accounts_for_every_sample(shards
     assert result.rejected == {"corrupt_image": 1, "duplicate_key": 1, "empty_caption": 1, "missing_caption": 1}
     info = json.loads((out / "embed_info.json").read_text())
     assert info["encoder"] == ENCODER and info["embedded"] == 7 and info["rejected"] == 4
+    assert info["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_embed_resumed_in_another_environment_says_so(shards, tmp_path, encoder, caplog):
+    out = tmp_path / "emb"
+    embed_dataset(shards, encoder, out, batch_size=4, rows_per_part=3)
+    with caplog.at_level(logging.WARNING, logger="cocu.curation.embed"):
+        embed_dataset(shards, encoder, out, batch_size=4, rows_per_part=3)
+    assert "another environment" not in caplog.text
+    info = json.loads((out / "embed_info.json").read_text())
+    info["environment"]["cpu_capability"] = "SOMETHING_ELSE"
+    (out / "embed_info.json").write_text(json.dumps(info))
+    (out / "metadata" / "metadata_00001.parquet").unlink()
+    with caplog.at_level(logging.WARNING, logger="cocu.curation.embed"):
+        embed_dataset(shards, encoder, out, batch_size=4, rows_per_part=3)
+    assert "embedded in another environment" in caplog.text and "SOMETHING_ELSE kernels" in caplog.text
 
 
 def test_embed_rerun_keeps_finished_parts_and_redoes_only_a_broken_one(shards, tmp_path, encoder):

@@ -18,7 +18,8 @@ Each part is written atomically (image, text, then metadata last: a part is fini
 exist), so an interrupted run resumes: samples whose keys are in finished parts are not decoded or
 encoded again and the finished files are left untouched, but their captions are checked against the data
 (a different caption means the folder was made from other data: an error naming the file and
-``--overwrite``). ``EMB_DIR/embed_info.json`` records the encoder, dimension, dtype, precision, counts and
+``--overwrite``). ``EMB_DIR/embed_info.json`` records the encoder, dimension, dtype, precision, counts, the environment
+(:mod:`cocu.utils.environment`; a resume in another one is logged: its rows may differ in the last bits) and
 a fingerprint of every input file (size, mtime, SHA-256 of its first and last 64 KiB); a rerun whose
 input file's content fingerprint changed is refused the same way. Every sample is either embedded or
 rejected with a reason (``EMB_DIR/rejected.parquet``: ``key``, ``source``, ``reason``, ``detail``). A
@@ -48,6 +49,7 @@ from cocu.data import skips as reasons
 from cocu.data.reader import resolve_sources
 from cocu.data.skips import SkipCounter
 from cocu.utils.atomic import atomic_path, atomic_write_json
+from cocu.utils.environment import environment, kernel_signature
 from cocu.utils.outputs import OutputError, writing
 
 if TYPE_CHECKING:
@@ -290,6 +292,13 @@ def _check_info(info: dict[str, Any], out: Path, encoder: FrozenClip, dtype: str
             "%s was embedded at precision %s and is continued at %s: rows of the two differ slightly",
             out, info.get("precision", "fp32"), encoder.precision,
         )
+    recorded = info.get("environment")
+    if recorded and kernel_signature(recorded) != kernel_signature(environment(encoder.device)):
+        logger.warning(
+            "%s was embedded in another environment (%s, %s kernels, device %s) and is continued here: rows of the "
+            "two may differ in the last bits", out, recorded.get("cpu"), recorded.get("cpu_capability"),
+            recorded.get("device"),
+        )
 
 
 def _check_sources(info: dict[str, Any], out: Path, current: dict[str, dict[str, Any]]) -> None:
@@ -429,7 +438,8 @@ def embed_dataset(
         rejected=dict(sorted(rejected.items())),
         skips=recorder,
     )
-    _write_info(out, {**identity, "rows_per_part": rows_per_part, **result.summary(), "sources": known_sources})
+    _write_info(out, {**identity, "rows_per_part": rows_per_part, **result.summary(), "sources": known_sources,
+                      "environment": environment(encoder.device)})
     return result
 
 
