@@ -5,7 +5,10 @@ lowest numpy, transformers, pyarrow and webdataset that pyproject.toml allows. B
 marked in place, every test in the files below (data, curation, training, evaluation) is marked here.
 """
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 
@@ -62,3 +65,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def encoder() -> FrozenClip:
     """The random-weight plumbing CLIP (``random:clip-tiny``, seed 0); tests read it, none changes it."""
     return load_encoder("random:clip-tiny")
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """Import one of ``scripts/*.py`` by name (they are not a package), e.g. ``load_script("sampling_study")``."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "repeatability.py"
 TINY = ["--teacher", "48", "--pretrain", "48", "--val", "4", "--classify", "1", "--clip-steps", "3",
         "--steps", "2", "--batch-size", "16", "--clip-batch-size", "16", "--rows", "cocu", "--budgets", "1"]
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("repeatability", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("repeatability")
 
 
 def _results(miou: float, top1: float) -> dict:

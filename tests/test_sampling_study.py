@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sampling_study.py"
 TINY = ["--quick", "--teacher", "64", "--pretrain", "64", "--val", "4", "--classify", "1", "--clip-steps", "4",
         "--steps", "2", "--batch-size", "16", "--clip-batch-size", "16"]
 
 
 @pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("sampling_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def study(load_script):
+    return load_script("sampling_study")
 
 
 def test_sampling_study_refuses_an_unknown_grid_point_before_any_work(study, tmp_path):
