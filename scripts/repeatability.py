@@ -73,14 +73,13 @@ def table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("demo_flags", nargs="*", help="extra 'cocu demo' flags for the three runs, after '--'")
     p.add_argument("--out", required=True, type=Path, help="folder for the three demo folders and the comparison")
     p.add_argument("--capability", default="avx2", choices=CAPABILITIES,
                    help="ATEN_CPU_CAPABILITY of run c (default avx2)")
-    args = p.parse_args(own)
+    args = p.parse_args(argv)
+    extra = args.demo_flags
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for name, capability in (("a", None), ("b", None), ("c", args.capability)):

@@ -85,25 +85,24 @@ def table(entries: list[dict]) -> str:
 def environments_note(entries: list[dict]) -> str:
     """A warning line when the points' models were not all trained in one recorded environment (the same
     seed trains a different model on other CPU kernels or versions, so such mIoUs do not compare)."""
-    groups = [g for e in entries for g in e.get("train_environments", [])]
-    signatures = {kernel_signature(g.get("environment")) for g in groups}
-    if len(signatures) <= 1 and () not in signatures and len(groups) >= len(entries):
-        return ""
     unrecorded = sum(1 for e in entries if not e.get("train_environments")
                      or any(not g.get("environment") for g in e["train_environments"]))
-    return (f"\nThe points were trained in {len(signatures - {()})} recorded environment(s); {unrecorded} point(s) "
+    recorded = {kernel_signature(g["environment"]) for e in entries for g in e.get("train_environments", [])
+                if g.get("environment")}
+    if not unrecorded and len(recorded) <= 1:
+        return ""
+    return (f"\nThe points were trained in {len(recorded)} recorded environment(s); {unrecorded} point(s) "
             "have runs without a record. mIoU compares only between runs of one environment.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("demo_flags", nargs="*", help="extra 'cocu demo' flags for every point, after '--'")
     p.add_argument("--out", required=True, type=Path, help="study folder: one demo folder per grid point")
     p.add_argument("--points", default=",".join(GRID), help=f"comma-separated grid points (of {', '.join(GRID)})")
     p.add_argument("--seeds", default="0", help="GroupViT training seeds per point (comma-separated)")
-    args = p.parse_args(own)
+    args = p.parse_args(argv)
+    extra = args.demo_flags
     points = [n.strip() for n in args.points.split(",") if n.strip()]
     unknown = [n for n in points if n not in GRID]
     if unknown or not points:

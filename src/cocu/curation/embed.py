@@ -278,7 +278,7 @@ def _read_info(out: Path) -> dict[str, Any]:
     return json.loads(info_file.read_text("utf-8")) if info_file.is_file() else {}
 
 
-def _check_info(info: dict[str, Any], out: Path, encoder: FrozenClip, dtype: str) -> None:
+def _check_info(info: dict[str, Any], out: Path, encoder: FrozenClip, dtype: str, here: dict[str, Any]) -> None:
     if not info:
         return
     theirs = (info.get("encoder"), info.get("dim"), info.get("dtype"))
@@ -293,7 +293,7 @@ def _check_info(info: dict[str, Any], out: Path, encoder: FrozenClip, dtype: str
             out, info.get("precision", "fp32"), encoder.precision,
         )
     recorded = info.get("environment")
-    if recorded and kernel_signature(recorded) != kernel_signature(environment(encoder.device)):
+    if recorded and kernel_signature(recorded) != kernel_signature(here):
         logger.warning(
             "%s was embedded in another environment (%s, %s kernels, device %s) and is continued here: rows of the "
             "two may differ in the last bits", out, recorded.get("cpu"), recorded.get("cpu_capability"),
@@ -376,7 +376,8 @@ def embed_dataset(
     sources = {os.path.abspath(src): source_fingerprint(src) for src in resolve_sources(data_spec)}
     _prepare_folder(out, overwrite)
     info = _read_info(out)
-    _check_info(info, out, encoder, dtype)
+    here = environment(encoder.device)
+    _check_info(info, out, encoder, dtype, here)
     finished, unfinished = _finished_parts(out)
     if finished:
         _check_sources(info, out, sources)
@@ -439,7 +440,7 @@ def embed_dataset(
         skips=recorder,
     )
     _write_info(out, {**identity, "rows_per_part": rows_per_part, **result.summary(), "sources": known_sources,
-                      "environment": environment(encoder.device)})
+                      "environment": here})
     return result
 
 

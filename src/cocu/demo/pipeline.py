@@ -28,9 +28,9 @@ from cocu.demo.metrics import CONCEPT_KEYS, EVAL_KEYS, aggregate_seeds, gap_clos
 from cocu.demo.paths import class_kinds, class_names, curation_dir, eval_paths, model_dir, run_name, teacher_dir
 from cocu.demo.settings import ARCHIVE, BUDGET_ROWS, ROWS, TEACHER_DENSE, DemoSettings, row, validate
 from cocu.demo.stages import StageNotRun, StageRecord, StageRunner
-from cocu.utils.environment import environment, group_by_environment
 from cocu.demo.studies import CONCEPT_ROWS, budget_curve, concept_summary, per_concept
 from cocu.utils.atomic import atomic_write_json, atomic_write_text
+from cocu.utils.environment import environment, group_by_environment
 
 logger = logging.getLogger(__name__)
 
